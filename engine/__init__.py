@@ -1,0 +1,1 @@
+"""vmatch engine: decoding, hashing pipeline, `.tmk` I/O, index, matching, Ray and CLI."""
