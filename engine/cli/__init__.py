@@ -1,0 +1,55 @@
+"""`vmatch` command line: one module per command group, each with `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from engine.cli.common import CliError, fail
+
+#: Modules under engine.cli that add subcommands (order = order in --help).
+COMMAND_MODULES = [
+    "hash_cmd",
+    "score_cmd",
+    "tmk_cmd",
+    "bench_cmd",
+    "index_cmd",
+    "query_cmd",
+    "backfill_cmd",
+    "eval_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmatch",
+        description="Reference-exact TMK+PDQF video hashing and matching, on CPU or GPU.")
+    parser.add_argument("--config", metavar="YAML", help="configuration file (default: configs/default.yaml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"engine.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"engine.cli.{name}":
+                continue  # command group not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        return fail(str(e), e.code)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""`vmatch hash VIDEO... (-o OUT.tmk | -d OUTDIR)`."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from engine.cli.common import CliError, Progress, config_from, fail
+from engine.decode import DecodeError
+from engine.hasher import VideoHasher
+from engine.tmkfile import write_tmk
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("hash", help="hash videos to reference-exact .tmk files",
+                       description="Hash videos to .tmk files identical to the reference tmk-hash-video. "
+                                   "Failures are reported one line each; the other inputs are still hashed.")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--output", metavar="OUT.tmk", help="output file (one input only)")
+    out.add_argument("-d", "--outdir", metavar="OUTDIR", help="output folder: <stem>.tmk per input")
+    p.add_argument("--mode", choices=["exact", "fast", "auto"], help="exact (bit-identical) or fast (GPU matmul)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--timeout", type=float, metavar="S", help="per-video decode time limit in seconds")
+    p.add_argument("--backend", choices=["auto", "decord", "pyav"], help="decoder (auto: decord, PyAV fallback)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from(args).hash
+    if args.output and len(args.videos) != 1:
+        raise CliError("-o takes exactly one input video; use -d OUTDIR for several", 2)
+    if args.outdir:
+        os.makedirs(args.outdir, exist_ok=True)
+        targets = [Path(args.outdir) / (Path(v).stem + ".tmk") for v in args.videos]
+        seen: dict[Path, str] = {}
+        for v, t in zip(args.videos, targets):
+            if t in seen:
+                raise CliError(f"{v}: output name {t.name} collides with {seen[t]}", 2)
+            seen[t] = v
+    else:
+        targets = [Path(args.output)]
+    try:
+        hasher = VideoHasher(mode=args.mode or cfg.mode, device=args.device or cfg.device,
+                             chunk_frames=cfg.chunk_frames, timeout_s=args.timeout or cfg.timeout_s,
+                             backend=args.backend or cfg.backend, fast_exact_below=cfg.fast_exact_below)
+    except (RuntimeError, ValueError) as e:
+        raise CliError(str(e), 2) from None
+    failures = 0
+    bar = Progress(len(args.videos), "hash", "video")
+    for video, target in zip(args.videos, targets):
+        try:
+            feats = hasher.hash(video)
+            write_tmk(target, feats)
+        except DecodeError as e:
+            failures += 1
+            bar.write(f"vmatch: {e}")
+        except OSError as e:
+            failures += 1
+            bar.write(f"vmatch: {target}: cannot write ({e.strerror or e})")
+        except Exception as e:  # noqa: BLE001 - one bad input must not stop the batch
+            failures += 1
+            bar.write(f"vmatch: {video}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        bar.update(1)
+    bar.close()
+    if failures:
+        return fail(f"{failures} of {len(args.videos)} inputs failed")
+    return 0

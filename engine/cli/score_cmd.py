@@ -1,0 +1,57 @@
+"""`vmatch score`: level-1/level-2 of every pair, or of a needle against others."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli.common import CliError, config_from
+from engine.scoring import IncompatibleError, Scorer
+from engine.tmkfile import FeatureBatch, TmkFormatError, read_many
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="level-1 and level-2 scores of .tmk files",
+                       description="Print '%%.6f %%.6f nameA nameB' (level-1, level-2) for every unordered pair, "
+                                   "the lexicographically smaller name first, like the reference "
+                                   "tmk-two-level-score; or, with --needle, the needle against each file.")
+    p.add_argument("files", nargs="+", metavar="FILE.tmk")
+    p.add_argument("--needle", metavar="N.tmk", help="score this file against each FILE only")
+    p.add_argument("--c1", type=float, help="level-1 threshold: level-2 is computed where level-1 >= c1")
+    p.add_argument("--c2", type=float, help="level-2 threshold: print pairs with level-2 >= c2")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from(args).score
+    c1 = cfg.c1 if args.c1 is None else args.c1
+    c2 = cfg.c2 if args.c2 is None else args.c2
+    names = ([args.needle] if args.needle else []) + list(args.files)
+    try:
+        feats = read_many(names)
+    except TmkFormatError as e:
+        raise CliError(str(e)) from None
+    try:
+        scorer = Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size)
+        out = sys.stdout
+        if args.needle:
+            needle, hay = feats[0], feats[1:]
+            res = scorer.one_to_many(needle, FeatureBatch.stack(hay), c1)
+            for name, l1, l2 in zip(args.files, res.level1, res.level2):
+                if l1 >= c1 and l2 >= c2:
+                    out.write(_line(l1, l2, args.needle, name))
+            return 0
+        order = sorted(range(len(names)), key=lambda i: names[i])
+        for pos, i in enumerate(order[:-1]):
+            rest = order[pos + 1:]
+            res = scorer.one_to_many(feats[i], FeatureBatch.stack([feats[j] for j in rest]), c1)
+            for j, l1, l2 in zip(rest, res.level1, res.level2):
+                if l1 >= c1 and l2 >= c2:
+                    out.write(_line(l1, l2, names[i], names[j]))
+    except IncompatibleError as e:
+        raise CliError(str(e)) from None
+    return 0
+
+
+def _line(l1: float, l2: float, a: str, b: str) -> str:
+    return f"{l1:.6f} {l2:.6f} {a} {b}\n"

@@ -1,0 +1,130 @@
+"""Video -> TmkFeatures: decode frames, PDQF per frame, TMK accumulation (the hashing pipeline).
+
+Decoding runs in a background thread one chunk ahead of the feature computation, so on a
+machine with two or more cores hashing costs little more than decoding alone.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from engine.decode import DecodeError, VideoDecoder, VideoInfo
+from engine.features import TmkFeatures
+from kernels.device import resolve_device, strict_float
+from kernels.params import DEFAULT_PARAMS, TmkParams
+from kernels.pdqf import pdqf
+from kernels.tmk import TmkAccumulator
+
+ProgressFn = Callable[[int], None]
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    """'auto' is exact on CPU (bit-identical, cheap next to decoding) and fast on CUDA."""
+    if mode == "auto":
+        return "fast" if device.type == "cuda" else "exact"
+    if mode not in ("exact", "fast"):
+        raise ValueError(f"unknown hashing mode {mode!r} (expected exact, fast or auto)")
+    return mode
+
+
+@dataclass
+class HashStats:
+    """What one hash cost: frames hashed and the decoder's description of the video."""
+
+    frames: int
+    info: VideoInfo | None
+
+
+class VideoHasher:
+    """Stateful hasher (reuse it across videos: tables and device setup are kept)."""
+
+    def __init__(self, params: TmkParams = DEFAULT_PARAMS, mode: str = "auto", device: str | torch.device = "auto",
+                 chunk_frames: int = 256, timeout_s: float | None = None, backend: str = "auto",
+                 fast_exact_below: float = 32.0) -> None:
+        self.params = params
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            strict_float()
+        self.mode = resolve_mode(mode, self.device)
+        self.chunk_frames, self.timeout_s, self.backend = chunk_frames, timeout_s, backend
+        self.fast_exact_below = fast_exact_below
+        self.last_stats: HashStats | None = None
+
+    def hash_frames(self, chunks: Iterable[np.ndarray], name: str = "",
+                    progress: ProgressFn | None = None) -> TmkFeatures:
+        """Hash consecutive uint8 RGB frame chunks [n, 64, 64, 3]."""
+        acc = TmkAccumulator(self.params, self.mode, self.device)
+        for chunk in chunks:
+            if len(chunk) == 0:
+                continue
+            x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+            acc.update(pdqf(x, self.mode, self.fast_exact_below))
+            if progress:
+                progress(len(chunk))
+        avg, cos, sin, count = acc.finalize()
+        return TmkFeatures(avg, cos, sin, count, self.params, name)
+
+    def hash(self, path: str | os.PathLike[str], progress: ProgressFn | None = None) -> TmkFeatures:
+        """Hash one video file; raises DecodeError (one-line reason) for unreadable input."""
+        with VideoDecoder(path, size=self.params.frame_size, out_fps=self.params.fps,
+                          chunk_frames=self.chunk_frames, backend=self.backend,
+                          timeout_s=self.timeout_s) as dec:
+            feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress)
+            self.last_stats = HashStats(feats.frame_count, dec.info)
+        return feats
+
+
+def _stem(path: str | os.PathLike[str]) -> str:
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+_END = object()
+
+
+def _prefetch(it: Iterator[np.ndarray], path: str, depth: int = 2) -> Iterator[np.ndarray]:
+    """Run a chunk iterator in a daemon thread, `depth` chunks ahead; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_END)
+        except BaseException as e:  # handed to the consumer thread
+            q.put(e)
+
+    t = threading.Thread(target=run, name=f"decode:{os.path.basename(path)}", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def hash_video(path: str | os.PathLike[str], mode: str = "auto", device: str = "auto",
+               timeout_s: float | None = None, params: TmkParams = DEFAULT_PARAMS) -> TmkFeatures:
+    """Hash one video to its TMK+PDQF signature (see VideoHasher for reuse across videos)."""
+    return VideoHasher(params, mode, device, timeout_s=timeout_s).hash(path)
+
+
+__all__ = ["DecodeError", "HashStats", "VideoHasher", "hash_video", "resolve_mode"]
