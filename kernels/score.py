@@ -107,11 +107,8 @@ def pair_coeffs_matrix(a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Te
 @dataclass
 class _PeriodTables:
     grid_off: torch.Tensor   # int64 [G]  integer offsets of the grid points
-    grid_cos: torch.Tensor   # [m-1, G]  cos(j * delta_g)
-    grid_sin: torch.Tensor   # [m-1, G]
     half: int                # refinement radius H in offsets
-    loc_cos: torch.Tensor    # [m-1, 2H+1] cos(j * eps_h), eps_h = 2 pi h / T, h = -H..H
-    loc_sin: torch.Tensor
+    loc: torch.Tensor        # [2(m-1), 2H+1]: rows cos(j eps_h) then sin(j eps_h), eps_h = 2 pi h / T
     radius: float            # H in radians
 
 
@@ -124,22 +121,29 @@ class TmkScorer:
         self.z = params.z_norm
         m = params.num_coeffs
         j = torch.arange(1, m, dtype=torch.float64)
-        self._j = j.to(self.device, dtype)
         self._j2 = (j * j).to(self.device, dtype)
+        grid = min([grid, *params.periods])
+        self.grid = grid
         self.tables: list[_PeriodTables] = []
-        for period in params.periods:
-            g = min(grid, period)
-            off = torch.unique(torch.round(torch.arange(g, dtype=torch.float64) * period / g).long())
+        # Per period: W = [[C, -jS], [S, jC]] so that [A, B] @ W = [K - K0, K'] on the grid.
+        w = torch.empty((params.num_periods, 2 * (m - 1), 2 * grid), dtype=torch.float64)
+        grid_cs = torch.empty((params.num_periods, 2 * (m - 1), grid), dtype=torch.float64)
+        for i, period in enumerate(params.periods):
+            off = torch.round(torch.arange(grid, dtype=torch.float64) * period / grid).long()
             delta = TWO_PI * off.double() / period
             gaps = torch.diff(torch.cat([off, off[:1] + period]))
             half = int((int(gaps.max()) + 1) // 2)
-            h = torch.arange(-half, half + 1, dtype=torch.float64)
-            eps = TWO_PI * h / period
+            eps = TWO_PI * torch.arange(-half, half + 1, dtype=torch.float64) / period
             ang_g, ang_l = j.view(-1, 1) * delta.view(1, -1), j.view(-1, 1) * eps.view(1, -1)
-            self.tables.append(_PeriodTables(
-                off.to(self.device), torch.cos(ang_g).to(self.device, dtype), torch.sin(ang_g).to(self.device, dtype),
-                half, torch.cos(ang_l).to(self.device, dtype), torch.sin(ang_l).to(self.device, dtype),
-                TWO_PI * half / period))
+            c, sn = torch.cos(ang_g), torch.sin(ang_g)
+            w[i] = torch.cat([torch.cat([c, -j.view(-1, 1) * sn], 1), torch.cat([sn, j.view(-1, 1) * c], 1)], 0)
+            grid_cs[i] = torch.cat([c, sn], 0)
+            self.tables.append(_PeriodTables(off.to(self.device), half,
+                                             torch.cat([torch.cos(ang_l), torch.sin(ang_l)], 0).to(self.device, dtype),
+                                             TWO_PI * half / period))
+        self._w = w.to(self.device, dtype)
+        self._grid_cs = grid_cs.to(self.device, dtype)
+        self._radius = torch.tensor([t.radius for t in self.tables], dtype=dtype, device=self.device).view(-1, 1, 1)
 
     def kernel_max(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """max_o K_i(o) and its first argmax for each pair and period.
@@ -148,39 +152,43 @@ class TmkScorer:
         """
         k0, a, b = (x.to(self.device, self.dtype) for x in (k0, a, b))
         nb, np_ = k0.shape
-        best = torch.empty((nb, np_), dtype=self.dtype, device=self.device)
-        arg = torch.empty((nb, np_), dtype=torch.int64, device=self.device)
+        g = self.grid
+        x = torch.cat([a, b], 2).transpose(0, 1)                              # [P,B,2(m-1)]
+        kt = k0.T.unsqueeze(2)                                                 # [P,B,1]
+        out = torch.bmm(x, self._w)                                            # [P,B,2G]
+        kg, dk = out[..., :g] + kt, out[..., g:]
+        mag = torch.sqrt(a * a + b * b).transpose(0, 1)                        # [P,B,m-1] |z_j|
+        m2 = (mag * self._j2).sum(2, keepdim=True)                             # bound on |K''|
+        slack = (0.5 * m2) * (self._radius * self._radius) + 1e-5 * (kt.abs() + mag.sum(2, keepdim=True))
+        bound = kg + dk.abs() * self._radius + slack
+        lower = kg.max(2, keepdim=True).values                                 # value at a real offset
+        cand = (bound >= lower).nonzero()                                      # [C,3] (period, pair, grid)
+        best = torch.empty((np_, nb), dtype=self.dtype, device=self.device)
+        arg = torch.empty((np_, nb), dtype=torch.int64, device=self.device)
         for i, tab in enumerate(self.tables):
-            best[:, i], arg[:, i] = self._period_max(k0[:, i], a[:, i], b[:, i], tab, self.params.periods[i])
-        return best, arg
+            sel = cand[cand[:, 0] == i]
+            best[i], arg[i] = self._refine(i, tab, sel[:, 1], sel[:, 2], x[i], kt[i, :, 0], nb)
+        return best.T, arg.T
 
-    def _period_max(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, tab: _PeriodTables,
-                    period: int) -> tuple[torch.Tensor, torch.Tensor]:
-        nb = k0.shape[0]
-        kg = k0.unsqueeze(1) + a @ tab.grid_cos + b @ tab.grid_sin             # [B,G]
-        dk = (b * self._j) @ tab.grid_cos - (a * self._j) @ tab.grid_sin       # K'(delta_g)
-        mag = torch.sqrt(a * a + b * b)                                        # |z_j|
-        m2 = (mag * self._j2).sum(1, keepdim=True)                             # bound on |K''|
-        scale = k0.abs().unsqueeze(1) + mag.sum(1, keepdim=True)
-        lower = kg.max(1, keepdim=True).values                                 # a real offset's value
-        r = tab.radius
-        bound = kg + dk.abs() * r + 0.5 * m2 * r * r + 1e-5 * scale
-        cand = (bound >= lower).nonzero()                                      # [C,2] (pair, grid idx)
-        pi_, gi = cand[:, 0], cand[:, 1]
-        cg, sg = tab.grid_cos[:, gi].T, tab.grid_sin[:, gi].T                  # [C,m-1]
-        ap, bp = a[pi_], b[pi_]
-        ar = ap * cg + bp * sg                                                 # rotate to delta_g
-        br = bp * cg - ap * sg
-        vals = k0[pi_].unsqueeze(1) + ar @ tab.loc_cos + br @ tab.loc_sin      # [C,2H+1]
+    def _refine(self, i: int, tab: _PeriodTables, pi_: torch.Tensor, gi: torch.Tensor, x: torch.Tensor,
+                k0: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluate every offset within H of the candidate grid points of period i."""
+        period = self.params.periods[i]
+        mj = x.shape[1] // 2
+        cs = self._grid_cs[i][:, gi].T                                         # [C, 2(m-1)]
+        cg, sg = cs[:, :mj], cs[:, mj:]
+        xp = x[pi_]
+        ap, bp = xp[:, :mj], xp[:, mj:]
+        rot = torch.cat([ap * cg + bp * sg, bp * cg - ap * sg], 1)             # coefficients about delta_g
+        vals = k0[pi_].unsqueeze(1) + rot @ tab.loc                            # [C, 2H+1]
         offs = (tab.grid_off[gi].unsqueeze(1)
                 + torch.arange(-tab.half, tab.half + 1, device=self.device).unsqueeze(0)) % period
         best = torch.full((nb,), float("-inf"), dtype=self.dtype, device=self.device)
         best.scatter_reduce_(0, pi_.unsqueeze(1).expand_as(vals).reshape(-1), vals.reshape(-1), "amax")
         is_best = vals == best[pi_].unsqueeze(1)
-        big = torch.full_like(offs, period)
         arg = torch.full((nb,), period, dtype=torch.int64, device=self.device)
         arg.scatter_reduce_(0, pi_.unsqueeze(1).expand_as(offs).reshape(-1),
-                            torch.where(is_best, offs, big).reshape(-1), "amin")
+                            torch.where(is_best, offs, torch.full_like(offs, period)).reshape(-1), "amin")
         return best, arg
 
     def level2_from_coeffs(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor
