@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from kernels.params import DEFAULT_PARAMS
+from kernels.score import (TmkScorer, level1, level1_matrix, level2_exhaustive, needle_coeffs, pair_coeffs,
+                           pair_coeffs_matrix)
+
+
+def _random_features(n: int, seed: int, smooth: float = 1.0):
+    """Random unit-norm-per-(i,j) features scaled by sqrt(a_j), like finalised TMK features."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn((n, 4, 32, 256), generator=g)
+    s = torch.randn((n, 4, 32, 256), generator=g)
+    s[:, :, 0] = 0
+    sa = torch.from_numpy(np.sqrt(DEFAULT_PARAMS.coeffs32)).view(1, 1, 32, 1)
+    c = c / torch.linalg.vector_norm(c, dim=-1, keepdim=True) * sa
+    s = torch.nan_to_num(s / torch.linalg.vector_norm(s, dim=-1, keepdim=True)) * sa
+    return c, s
+
+
+def test_kernel_max_equals_exhaustive_scan_on_random_and_related_pairs():
+    c, s = _random_features(6, seed=0)
+    # related pairs: the needle plus noise, so the peaks are sharp like real copies
+    c2 = c[0:1] + 0.02 * torch.randn_like(c[:3])
+    s2 = s[0:1] + 0.02 * torch.randn_like(s[:3])
+    bc, bs = torch.cat([c, c2]), torch.cat([s, s2])
+    k0, a, b = needle_coeffs(c[0], s[0], bc, bs)
+    best, off = TmkScorer().kernel_max(k0, a, b)
+    eb, eo = level2_exhaustive(k0.double().numpy(), a.double().numpy(), b.double().numpy())
+    assert np.abs(best.numpy() - eb).max() < 2e-6
+    # offsets agree except where two offsets are within round-off of each other
+    mism = off.numpy() != eo
+    if mism.any():
+        j = np.arange(1, 32)
+        for bi, pi in zip(*np.nonzero(mism)):
+            per = DEFAULT_PARAMS.periods[pi]
+            def k(o):
+                d = 2 * np.pi * o / per
+                return k0[bi, pi].item() + (a[bi, pi].double().numpy() * np.cos(j * d)).sum() + (
+                    b[bi, pi].double().numpy() * np.sin(j * d)).sum()
+            assert abs(k(off[bi, pi].item()) - k(eo[bi, pi])) < 2e-6
+
+
+def test_self_score_is_one_and_coefficient_paths_agree():
+    c, s = _random_features(3, seed=1)
+    sc = TmkScorer()
+    l2, off = sc.level2(c[0], s[0], c, s)
+    assert abs(l2[0].item() - 1.0) < 1e-6 and off[0].tolist() == [0, 0, 0, 0]
+    k0, a, b = pair_coeffs(c[0:1].expand(3, -1, -1, -1), s[0:1].expand(3, -1, -1, -1), c, s)
+    k0m, am, bm = pair_coeffs_matrix(c[0:1], s[0:1], c, s)
+    k0n, an, bn = needle_coeffs(c[0], s[0], c, s)
+    for x, y, z in ((k0, k0m[0], k0n), (a, am[0], an), (b, bm[0], bn)):
+        assert torch.allclose(x, y, atol=1e-6) and torch.allclose(x, z, atol=1e-6)
+
+
+def test_one_frame_video_self_score():
+    # spec 7.4: sin all zero -> self-score (a_0 + sum a_j) / Z = 0.518350
+    c, _ = _random_features(1, seed=3)
+    s = torch.zeros_like(c)
+    l2, _ = TmkScorer().level2(c[0], s[0], c, s)
+    assert abs(l2.item() - 0.518350) < 2e-6
+
+
+def test_level1_zero_vectors_like_reference():
+    z, v = torch.zeros(256), torch.ones(256)
+    assert level1(z, z).item() == 0.0
+    assert torch.isnan(level1(z, v))
+    m = level1_matrix(torch.stack([z, v]), torch.stack([z, v, -v]))
+    assert m[0, 0].item() == 0.0 and torch.isnan(m[0, 1]) and m[1, 1].item() == pytest.approx(1.0)
+    assert m[1, 2].item() == pytest.approx(-1.0)
