@@ -1,0 +1,118 @@
+"""Signatures for every labelled item (read, hashed once, or cached) and level-1/level-2 of every pair."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from engine.eval.labels import LabelledSet, is_tmk
+from engine.features import FeatureBatch, TmkFeatures
+from engine.tmkfile import read_tmk, write_tmk
+
+
+class Hasher(Protocol):
+    def hash(self, path: str | os.PathLike[str]) -> TmkFeatures: ...
+
+
+class ProgressLike(Protocol):
+    def update(self, n: int = 1, **postfix: object) -> None: ...
+
+
+@dataclass
+class PairScores:
+    """Level-1 and level-2 (float32) and labels (bool) of every pair of a LabelledSet, in pair order."""
+
+    level1: np.ndarray
+    level2: np.ndarray
+    labels: np.ndarray
+
+
+#: Partners stacked per scoring call (bounds memory: about 260 KB per default signature).
+_CHUNK = 256
+
+
+class FeatureStore:
+    """Signatures of items by path: ``.tmk`` files are read, videos hashed once each.
+
+    ``cache_dir`` keeps hashes of videos across runs as ``<key>.tmk``, the key derived from the
+    resolved path, size, modification time and hashing mode; ``lookup`` (e.g. an index's stored
+    features) is asked first and may return None.
+    """
+
+    def __init__(self, hasher: Hasher | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                 cache_tag: str = "", lookup: Callable[[Path], TmkFeatures | None] | None = None) -> None:
+        self.hasher = hasher
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_tag, self.lookup = cache_tag, lookup
+        self._mem: dict[Path, TmkFeatures] = {}
+        self.hashed = self.cached = self.read = self.looked_up = 0
+
+    def _cache_path(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        st = path.stat()
+        key = hashlib.sha256(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{self.cache_tag}".encode()).hexdigest()[:32]
+        return self.cache_dir / f"{key}.tmk"
+
+    def get(self, path: Path) -> TmkFeatures:
+        """Signature of one item (raises TmkFormatError / DecodeError naming the file)."""
+        path = Path(path)
+        if path in self._mem:
+            return self._mem[path]
+        feats = self.lookup(path) if self.lookup else None
+        if feats is not None:
+            self.looked_up += 1
+        elif is_tmk(path):
+            feats = read_tmk(path)
+            self.read += 1
+        else:
+            cached = self._cache_path(path)
+            if cached is not None and cached.is_file():
+                feats = read_tmk(cached)
+                self.cached += 1
+            else:
+                if self.hasher is None:
+                    raise ValueError(f"{path}: a video input needs a hasher")
+                feats = self.hasher.hash(path)
+                self.hashed += 1
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    write_tmk(cached, feats)
+        self._mem[path] = feats
+        return feats
+
+
+def load_features(lset: LabelledSet, store: FeatureStore, progress: ProgressLike | None = None) -> list[TmkFeatures]:
+    """Signatures of every item, in item order (videos hashed once each)."""
+    out = []
+    for p in lset.items:
+        out.append(store.get(p))
+        if progress:
+            progress.update(1)
+    return out
+
+
+def score_pairs(lset: LabelledSet, feats: list[TmkFeatures], scorer, progress: ProgressLike | None = None) -> PairScores:
+    """Level-1 and level-2 (full offset search, no level-1 cut) of every labelled pair.
+
+    Pairs are grouped by their first item so each signature is scored against its partners in
+    one batched call.
+    """
+    n = len(lset.pairs)
+    l1 = np.full(n, np.nan, np.float32)
+    l2 = np.full(n, np.nan, np.float32)
+    by_a: dict[int, list[int]] = {}
+    for k, p in enumerate(lset.pairs):
+        by_a.setdefault(p.a, []).append(k)
+    for a, ks in by_a.items():
+        for s in range(0, len(ks), _CHUNK):
+            chunk = ks[s:s + _CHUNK]
+            res = scorer.one_to_many(feats[a], FeatureBatch.stack([feats[lset.pairs[k].b] for k in chunk]), -1.0)
+            l1[chunk], l2[chunk] = res.level1, res.level2
+            if progress:
+                progress.update(len(chunk))
+    return PairScores(l1, l2, np.array([p.label for p in lset.pairs], dtype=bool))
