@@ -1,0 +1,460 @@
+"""VideoIndex: a sharded, append-only bank of TMK signatures with two-stage matching.
+
+Layout: ``MANIFEST.json`` (the committed state) plus immutable segment files under
+``shard-NNN/`` (see segment.py).  Writers hold an exclusive lock (``LOCK``), write new segment
+files, fsync them and atomically replace the manifest; readers never lock: they read the
+manifest once and map the files it lists, so a writer can add while readers query, and a
+writer killed at any point leaves the previous manifest, i.e. the previous index, in force.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from engine.features import TmkFeatures
+from engine.index import coarse as coarse_mod
+from engine.index.cluster import connected_components
+from engine.index.level2 import PairScorer
+from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, IndexFormatError, Manifest,
+                                   VideoIndexError, read_manifest, write_manifest)
+from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepare, read_checked, unit_average,
+                                  write_small_file)
+from engine.tmkfile import TmkFormatError
+from kernels.device import resolve_device, strict_float
+from kernels.params import DEFAULT_PARAMS, TmkParams
+from kernels.score import level1
+
+LOCK_NAME = "LOCK"
+ProgressFn = Callable[[int], None]
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """Stable shard of an id (independent of Python's per-process hash seed)."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little") % shards
+
+
+@dataclass
+class Match:
+    """One needle-item pair that passed both levels; offsets are the best offset per period."""
+
+    needle: str
+    id: str
+    level1: float
+    level2: float
+    offsets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class QueryStats:
+    """What the last query did: needles, level-1 candidates, level-2 pairs scored, matches."""
+
+    needles: int = 0
+    candidates: int = 0
+    scored: int = 0
+    matches: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Needles:
+    names: list[str]
+    unit: np.ndarray          # [Q, d] float32 unit averages
+    cos: torch.Tensor         # [Q, P, m, d] float32 on the device
+    sin: torch.Tensor
+
+
+@dataclass
+class _Pairs:
+    needle: np.ndarray        # int64 [K]
+    shard: np.ndarray         # int64 [K]
+    row: np.ndarray           # int64 [K] row within the shard
+    l1: np.ndarray            # float32 [K]
+
+    def take(self, mask: np.ndarray) -> "_Pairs":
+        return _Pairs(self.needle[mask], self.shard[mask], self.row[mask], self.l1[mask])
+
+    @staticmethod
+    def concat(parts: Sequence["_Pairs"]) -> "_Pairs":
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return _Pairs(z, z, z, np.zeros(0, np.float32))
+        return _Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("needle", "shard", "row", "l1")))
+
+
+class _Shard:
+    """Read-only view of one shard at one manifest: segments, row offsets, tombstones, searcher."""
+
+    def __init__(self, root: Path, m: Manifest, sid: int, device: torch.device, verify_reads: bool,
+                 nprobe: int) -> None:
+        segs = m.segments[sid]
+        self.readers = [SegmentReader(root, s, m.params, m.store, verify_reads) for s in segs]
+        counts = [s.count for s in segs]
+        self.first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.n = int(self.first[-1])
+        d = m.params.dim
+        self.l1 = np.concatenate([r.l1 for r in self.readers]) if self.readers else np.zeros((0, d), np.float32)
+        self.ids: list[str] = [i for r in self.readers for i in r.ids]
+        self.deleted = np.zeros(self.n, dtype=bool)
+        for s, f in zip(segs, self.first):
+            self.deleted[np.asarray(s.deleted, dtype=np.int64) + f] = True
+        trained = read_checked(root, m.ivf_trained) if (m.coarse == "ivf" and m.ivf_trained) else None
+        ivfs = [(read_checked(root, s.ivf), int(f)) for s, f in zip(segs, self.first) if s.ivf is not None]
+        self.searcher = coarse_mod.build_searcher(m.coarse, self.l1, device, trained, ivfs, nprobe)
+
+    def live_rows(self) -> np.ndarray:
+        return np.nonzero(~self.deleted)[0]
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Store rows for sorted shard rows, gathered segment by segment."""
+        seg = np.searchsorted(self.first, rows, side="right") - 1
+        parts = []
+        for s in np.unique(seg):
+            parts.append(self.readers[s].rows(rows[seg == s] - self.first[s]))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def locate(self, row: int) -> tuple[int, int]:
+        s = int(np.searchsorted(self.first, row, side="right") - 1)
+        return s, row - int(self.first[s])
+
+
+class VideoIndex:
+    """Create with `VideoIndex.create`, open with `VideoIndex(path)`; see module docstring."""
+
+    def __init__(self, path: str | os.PathLike[str], device: str | torch.device = "auto",
+                 verify_reads: bool = True, batch_rows: int = 512, nprobe: int | None = None,
+                 grid: int | None = None) -> None:
+        self.root = Path(path)
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            strict_float()
+        self.verify_reads, self.batch_rows, self._nprobe = verify_reads, batch_rows, nprobe
+        self.manifest = read_manifest(self.root)
+        self.params = self.manifest.params
+        self._scorer = PairScorer(self.params, self.device, **({"grid": grid} if grid else {}))
+        self._shards: list[_Shard] | None = None
+        self._where: dict[str, tuple[int, int]] | None = None
+        self.last_stats = QueryStats()
+
+    # ----------------------------------------------------------------- creation and state
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], shards: int = 4, coarse: str = "flat", store: str = "fp32",
+               params: TmkParams = DEFAULT_PARAMS, ivf_nlist: int = 0, ivf_nprobe: int = 16,
+               **open_kw: object) -> "VideoIndex":
+        """Make an empty index directory (refused if `path` already holds anything)."""
+        root = Path(path)
+        if coarse not in COARSE_KINDS:
+            raise IndexFormatError(root, f"unknown coarse index kind {coarse!r} (expected {', '.join(COARSE_KINDS)})")
+        if store not in STORE_KINDS:
+            raise IndexFormatError(root, f"unknown store kind {store!r} (expected {', '.join(STORE_KINDS)})")
+        if shards < 1:
+            raise IndexFormatError(root, f"shard count must be at least 1 (got {shards})")
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise IndexFormatError(root, "already exists and is not an empty directory")
+        root.mkdir(parents=True, exist_ok=True)
+        write_manifest(root, Manifest(params=params, shards=shards, coarse=coarse, store=store,
+                                      ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe))
+        return cls(root, **open_kw)  # type: ignore[arg-type]
+
+    def reload(self) -> None:
+        """Pick up what other writers committed since this object read the manifest."""
+        self.manifest = read_manifest(self.root)
+        self._shards, self._where = None, None
+
+    def _state(self) -> list[_Shard]:
+        if self._shards is None:
+            m = self.manifest
+            nprobe = self._nprobe or m.ivf_nprobe
+            self._shards = [_Shard(self.root, m, i, self.device, self.verify_reads, nprobe) for i in range(m.shards)]
+        return self._shards
+
+    def _locations(self) -> dict[str, tuple[int, int]]:
+        """id -> (shard, row) of every live item."""
+        if self._where is None:
+            self._where = {}
+            for si, sh in enumerate(self._state()):
+                for r in sh.live_rows():
+                    self._where[sh.ids[r]] = (si, int(r))
+        return self._where
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._locations()
+
+    def ids(self) -> list[str]:
+        return sorted(self._locations())
+
+    def info(self) -> dict[str, object]:
+        m = self.manifest
+        size = sum(f.size for f in m.all_files()) + (self.root / MANIFEST_NAME).stat().st_size
+        return {"path": str(self.root), "format_version": m.format_version, "count": m.count,
+                "shards": m.shards, "coarse": m.coarse, "store": m.store, "generation": m.generation,
+                "segments": sum(len(s) for s in m.segments),
+                "shard_counts": [sum(s.live for s in sh) for sh in m.segments],
+                "deleted": sum(len(s.deleted) for sh in m.segments for s in sh),
+                "ivf": {"nlist": m.ivf_nlist, "nprobe": m.ivf_nprobe, "trained": m.ivf_trained is not None},
+                "bytes": size, "bytes_per_item": round(size / m.count) if m.count else None,
+                "params": {"periods": list(self.params.periods), "fps": self.params.fps, "dim": self.params.dim}}
+
+    def verify(self) -> None:
+        """Check every file and every store row against the manifest's checksums."""
+        for sh in self._state():
+            for r in sh.readers:
+                r.verify()
+
+    # ------------------------------------------------------------------------ writing
+    @contextmanager
+    def _writing(self) -> Iterator[Manifest]:
+        """Exclusive writer section on the latest manifest; leftovers of crashed writers are removed."""
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexFormatError(self.root, "another process is writing to this index") from None
+            self.reload()
+            self._remove_orphans(self.manifest)
+            yield self.manifest
+        finally:
+            os.close(fd)
+            self.reload()
+
+    def _remove_orphans(self, m: Manifest) -> None:
+        live = {f.name for f in m.all_files()}
+        for p in [*self.root.glob("shard-*/*"), *self.root.glob("ivf-trained-*")]:
+            if p.relative_to(self.root).as_posix() not in live:
+                p.unlink(missing_ok=True)
+        for p in self.root.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+    def _check_new_ids(self, ids: Sequence[str], existing: set[str]) -> None:
+        seen: set[str] = set()
+        for i in ids:
+            if not i:
+                raise IndexFormatError(self.root, "empty item id")
+            if i in seen:
+                raise IndexFormatError(self.root, f"duplicate id {i!r} in this batch; nothing was added")
+            if i in existing:
+                raise IndexFormatError(self.root, f"id {i!r} is already in the index; nothing was added")
+            seen.add(i)
+
+    def add(self, items: Iterable[TmkFeatures], ids: Sequence[str] | None = None,
+            sources: Sequence[str] | None = None, progress: ProgressFn | None = None) -> int:
+        """Add in-memory signatures (id = ``ids[i]`` or the signature's name) in one transaction."""
+        items = list(items)
+        ids = list(ids) if ids is not None else [f.name for f in items]
+        sources = list(sources) if sources is not None else list(ids)
+        jobs = [(lambda f=f: f) for f in items]
+        return self._add_jobs(ids, sources, jobs, progress)
+
+    def add_paths(self, paths: Sequence[str | os.PathLike[str]], hasher: object | None = None,
+                  progress: ProgressFn | None = None, workers: int = 8) -> int:
+        """Add `.tmk` files (read in parallel) or videos (hashed with `hasher`); id = file stem."""
+        from engine.tmkfile import read_tmk
+
+        paths = [Path(p) for p in paths]
+        jobs: list[Callable[[], TmkFeatures]] = []
+        for p in paths:
+            if p.suffix.lower() == ".tmk":
+                jobs.append(lambda p=p: read_tmk(p))
+            else:
+                if hasher is None:
+                    from engine.hasher import VideoHasher
+                    hasher = VideoHasher(self.params)
+                jobs.append(lambda p=p, h=hasher: h.hash(p))  # type: ignore[attr-defined]
+        return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
+
+    def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],
+                  progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
+        with self._writing() as m:
+            self._check_new_ids(ids, set(self._locations()))
+            name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
+            writers: dict[int, SegmentWriter] = {}
+            store = m.store
+
+            def load(k: int) -> Prepared:
+                f = jobs[k]()
+                why = self.params.incompatibility(f.params)
+                if why:
+                    raise TmkFormatError(sources[k], f"TMK parameters differ from the index's ({why})")
+                return prepare(f, ids[k], sources[k], store)
+
+            try:
+                with ThreadPoolExecutor(max_workers=workers) as ex:
+                    pending: list[Future[Prepared]] = []
+                    for s in range(0, len(jobs) + chunk, chunk):
+                        batch = [f.result() for f in pending]   # chunk s-1 while chunk s loads
+                        pending = [ex.submit(load, k) for k in range(s, min(s + chunk, len(jobs)))]
+                        for it in batch:
+                            sid = shard_of(it.id, m.shards)
+                            if sid not in writers:
+                                writers[sid] = SegmentWriter(self.root, sid, name)
+                            writers[sid].append([it])
+                        if progress and batch:
+                            progress(len(batch))
+                self._finish_add(m, writers)
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                self._remove_orphans(m)
+                raise
+        return len(ids)
+
+    def _finish_add(self, m: Manifest, writers: dict[int, SegmentWriter]) -> None:
+        if not writers:
+            return
+        trained = None
+        if m.coarse == "ivf":
+            if m.ivf_trained is None:
+                vecs = np.concatenate([np.stack(w.l1_rows) for w in writers.values()])
+                m.ivf_nlist = coarse_mod.ivf_nlist(len(vecs), m.ivf_nlist)
+                m.ivf_trained = write_small_file(self.root, f"ivf-trained-{uuid.uuid4().hex[:8]}.faiss",
+                                                 coarse_mod.train_ivf(vecs, m.ivf_nlist))
+            trained = read_checked(self.root, m.ivf_trained)
+        for sid in sorted(writers):
+            w = writers[sid]
+            ivf = coarse_mod.ivf_lists(trained, np.stack(w.l1_rows)) if trained is not None else None
+            m.segments[sid].append(w.finish(ivf))
+        m.generation += 1
+        write_manifest(self.root, m)
+
+    def remove(self, ids: Sequence[str]) -> int:
+        """Tombstone items by id (all or nothing: an unknown id is an error)."""
+        with self._writing() as m:
+            where = self._locations()
+            missing = [i for i in ids if i not in where]
+            if missing:
+                raise IndexFormatError(self.root, f"no such id{'s' if len(missing) > 1 else ''}: "
+                                                  f"{', '.join(map(repr, missing[:5]))}; nothing was removed")
+            shards = self._state()
+            for i in dict.fromkeys(ids):
+                sid, row = where[i]
+                s, local = shards[sid].locate(row)
+                m.segments[sid][s].deleted.append(local)
+            m.generation += 1
+            write_manifest(self.root, m)
+        return len(set(ids))
+
+    # ------------------------------------------------------------------------ querying
+    def _needles(self, feats: Sequence[TmkFeatures]) -> _Needles:
+        for f in feats:
+            why = self.params.incompatibility(f.params)
+            if why:
+                raise IndexFormatError(f.name or "<needle>", f"TMK parameters differ from the index's ({why})")
+        d = self.params.dim
+        unit = np.stack([unit_average(f.avg) for f in feats]) if feats else np.zeros((0, d), np.float32)
+        cos = torch.from_numpy(np.stack([f.cos for f in feats])).to(self.device) if feats else torch.zeros(0)
+        sin = torch.from_numpy(np.stack([f.sin for f in feats])).to(self.device) if feats else torch.zeros(0)
+        return _Needles([f.name for f in feats], unit, cos, sin)
+
+    def _level1(self, nd: _Needles, c1: float, chunk: int = 1 << 16) -> _Pairs:
+        """Every (needle, live row) with exact level-1 >= c1, per shard."""
+        parts = []
+        for si, sh in enumerate(self._state()):
+            if sh.n == 0:
+                continue
+            if c1 - coarse_mod.SLACK <= -1.0:     # everything passes: no search
+                live = sh.live_rows()
+                needle = np.repeat(np.arange(len(nd.names)), len(live))
+                rows = np.tile(live, len(nd.names))
+            else:
+                lims, rows = sh.searcher.search(nd.unit, c1)
+                needle = np.repeat(np.arange(len(nd.names)), np.diff(lims))
+                keep = ~sh.deleted[rows]
+                needle, rows = needle[keep], rows[keep]
+            l1 = np.empty(len(rows), np.float32)
+            for s in range(0, len(rows), chunk):
+                a = torch.from_numpy(nd.unit[needle[s:s + chunk]])
+                b = torch.from_numpy(sh.l1[rows[s:s + chunk]])
+                l1[s:s + chunk] = level1(a, b).numpy()
+            keep = l1 >= c1
+            parts.append(_Pairs(needle[keep], np.full(int(keep.sum()), si, np.int64), rows[keep], l1[keep]))
+        return _Pairs.concat(parts)
+
+    def _level2(self, nd: _Needles, pairs: _Pairs, c2: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 of every pair, reading each distinct candidate row once, in bounded batches."""
+        k = len(pairs.needle)
+        l2 = np.full(k, np.nan, np.float32)
+        offs = np.full((k, self.params.num_periods), -1, np.int64)
+        if k == 0:
+            return l2, offs
+        key = pairs.shard * (1 << 40) + pairs.row
+        uniq, slot = np.unique(key, return_inverse=True)
+        order = np.argsort(slot, kind="stable")
+        starts = np.searchsorted(slot[order], np.arange(0, len(uniq) + self.batch_rows, self.batch_rows))
+        shards = self._state()
+        for b, s in enumerate(range(0, len(uniq), self.batch_rows)):
+            ukeys = uniq[s:s + self.batch_rows]
+            ush, urow = ukeys >> 40, ukeys & ((1 << 40) - 1)
+            rows = np.concatenate([shards[si].rows(urow[ush == si]) for si in np.unique(ush)])
+            pos = order[starts[b]:starts[b + 1]]
+            l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
+        return l2, offs
+
+    def query(self, needles: Sequence[TmkFeatures], c1: float = 0.7, c2: float = 0.7,
+              top: int | None = None) -> list[list[Match]]:
+        """Per needle, the items with level-1 >= c1 and level-2 >= c2 (inclusive), best first."""
+        t0 = time.perf_counter()
+        nd = self._needles(needles)
+        pairs = self._level1(nd, c1)
+        l2, offs = self._level2(nd, pairs, c2)
+        ok = l2 >= c2
+        shards = self._state()
+        out: list[list[Match]] = [[] for _ in needles]
+        for i in np.nonzero(ok)[0]:
+            n = int(pairs.needle[i])
+            out[n].append(Match(nd.names[n], shards[pairs.shard[i]].ids[pairs.row[i]], float(pairs.l1[i]),
+                                float(l2[i]), offs[i].tolist()))
+        for lst in out:
+            lst.sort(key=lambda mt: (-mt.level2, -mt.level1, mt.id))
+            del lst[top if top is not None else len(lst):]
+        self.last_stats = QueryStats(len(needles), len(pairs.needle), int(np.sum(~np.isnan(l2))),
+                                     int(ok.sum()), time.perf_counter() - t0)
+        return out
+
+    # ------------------------------------------------------------------------ clusters
+    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2,
+                 batch: int = 128) -> list[list[str]]:
+        """Groups of items linked by chains of pairs passing both levels (connected components).
+
+        Each unordered pair is scored once, the smaller id first (like tmk-two-level-score).
+        Clusters are ordered by size (largest first) then smallest id; members by id.
+        """
+        where = self._locations()
+        names = sorted(where)
+        rank = {n: i for i, n in enumerate(names)}
+        shards = self._state()
+        shard_rank = [np.array([rank.get(i, -1) for i in sh.ids], dtype=np.int64) for sh in shards]
+        edges: list[np.ndarray] = []
+        for s in range(0, len(names), batch):
+            chunk = names[s:s + batch]
+            locs = [where[n] for n in chunk]
+            unit = np.stack([shards[si].l1[r] for si, r in locs])
+            rows = np.stack([shards[si].rows(np.array([r]))[0] for si, r in locs])
+            cos, sin = self._scorer.rows_to_device(rows)
+            nd = _Needles(chunk, unit, cos, sin)
+            pairs = self._level1(nd, c1)
+            cand_rank = np.full(len(pairs.row), -1, np.int64)
+            for si, ranks in enumerate(shard_rank):
+                on = pairs.shard == si
+                cand_rank[on] = ranks[pairs.row[on]]
+            keep = cand_rank > s + pairs.needle
+            pairs, cand_rank = pairs.take(keep), cand_rank[keep]
+            l2, _ = self._level2(nd, pairs, c2)
+            ok = l2 >= c2
+            edges.append(np.stack([s + pairs.needle[ok], cand_rank[ok]], 1))
+        comps = connected_components(len(names), np.concatenate(edges) if edges else np.zeros((0, 2), np.int64))
+        groups = [[names[i] for i in c] for c in comps if len(c) >= min_size]
+        return groups

@@ -1,0 +1,78 @@
+"""Level-2 scoring of (needle, candidate) pairs, one bounded batch of candidate rows at a time.
+
+Candidates arrive as rows of the store (float32 or float16, [B, 2, P, m, d]); each row is read
+once per query call however many needles it serves.  Pairs are scored needle-first (the
+reference's argument order).  When a level-2 threshold is given, a pair whose rigorous upper
+bound |K_0| + sum_j |z_j| (the triangle inequality on the trigonometric polynomial) is below it
+cannot match and skips the offset search; the answers are unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kernels.params import TmkParams
+from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs
+
+#: Relative slack on the upper bound, far above float32 round-off of the coefficients.
+BOUND_SLACK = 1e-4
+
+
+class PairScorer:
+    """Scores pair batches on one device; owns the kernel's trig tables."""
+
+    def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID) -> None:
+        self.params, self.device = params, device
+        self.kernel = TmkScorer(params, device, grid)
+        self.z = params.z_norm
+
+    def rows_to_device(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store rows [B,2,P,m,d] -> float32 cos, sin [B,P,m,d] on the device."""
+        t = torch.from_numpy(rows).to(self.device).to(torch.float32)
+        return t[:, 0], t[:, 1]
+
+    def coeffs(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
+               c_cos: torch.Tensor, c_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K0 [K,P], A, B [K,P,m-1] of needle `pair_needle[k]` against candidate slot `pair_slot[k]`."""
+        k = len(pair_needle)
+        p, m = self.params.num_periods, self.params.num_coeffs
+        uniq, first = np.unique(pair_needle, return_index=True)
+        if self.device.type == "cuda" and len(uniq) > 8:
+            pn = torch.from_numpy(pair_needle).to(self.device)
+            ps = torch.from_numpy(pair_slot).to(self.device)
+            return pair_coeffs(n_cos[pn], n_sin[pn], c_cos[ps], c_sin[ps])
+        k0 = torch.empty((k, p), device=self.device)
+        a = torch.empty((k, p, m - 1), device=self.device)
+        b = torch.empty_like(a)
+        order = np.argsort(pair_needle, kind="stable")
+        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
+        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+            pos = order[s:e]
+            slots = pair_slot[pos]
+            if len(slots) == c_cos.shape[0] and np.array_equal(slots, np.arange(len(slots))):
+                cc, cs = c_cos, c_sin
+            else:
+                st = torch.from_numpy(slots).to(self.device)
+                cc, cs = c_cos[st], c_sin[st]
+            pt = torch.from_numpy(pos).to(self.device)
+            k0[pt], a[pt], b[pt] = needle_coeffs(n_cos[u], n_sin[u], cc.contiguous(), cs.contiguous())
+        return k0, a, b
+
+    def score(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
+              rows: np.ndarray, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 [K] (NaN where the bound proves level-2 < c2) and best offsets [K,P] (-1 there)."""
+        c_cos, c_sin = self.rows_to_device(rows)
+        k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, c_cos, c_sin)
+        l2 = np.full(len(pair_needle), np.nan, dtype=np.float32)
+        offs = np.full((len(pair_needle), self.params.num_periods), -1, dtype=np.int64)
+        if c2 is None:
+            todo = torch.arange(len(pair_needle), device=self.device)
+        else:
+            bound = (k0.abs() + torch.sqrt(a * a + b * b).sum(-1)).max(1).values
+            todo = (bound * (1 + BOUND_SLACK) >= c2 * self.z).nonzero().flatten()
+        if len(todo):
+            sc, off = self.kernel.level2_from_coeffs(k0[todo], a[todo], b[todo])
+            idx = todo.cpu().numpy()
+            l2[idx] = sc.cpu().numpy()
+            offs[idx] = off.cpu().numpy()
+        return l2, offs

@@ -1,0 +1,183 @@
+"""One segment: the rows one `add` call put into one shard, as immutable files.
+
+* ``<name>.l1``    float32 [n, d]: L2-normalised pure averages (the level-1 vectors; a flat
+  coarse index is exactly this matrix, so no second copy is written);
+* ``<name>.store`` float32 or float16 [n, 2, P, m, d]: cos then sin features, memory-mapped
+  by readers and read in bounded batches for level-2;
+* ``<name>.ids.json`` the id table (id, source, frame count, content hash, time added) and
+  the CRC-32 of every store row, so a corrupt row is caught when it is read, without
+  checksumming gigabytes at open;
+* ``<name>.ivf``   (ivf indexes only) the faiss IVF-Flat lists of the segment's l1 vectors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engine.features import TmkFeatures
+from engine.index.manifest import FileRef, IndexCorruptError, Segment
+from kernels.params import TmkParams
+
+STORE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def unit_average(avg: np.ndarray) -> np.ndarray:
+    """The pure average L2-normalised in binary32, as the reference tmk-query does on load."""
+    a = np.asarray(avg, dtype=np.float32)
+    n = np.float32(np.sqrt(np.dot(a.astype(np.float64), a.astype(np.float64))))
+    return a if n == 0 else (a / n).astype(np.float32)
+
+
+@dataclass
+class Prepared:
+    """A signature converted to its stored form (done in worker threads: the CRCs release the GIL)."""
+
+    id: str
+    source: str
+    frame_count: int
+    l1: np.ndarray         # float32 [d]
+    row: np.ndarray        # store dtype [2, P, m, d]
+    row_crc: int
+    content_hash: str
+
+
+def prepare(f: TmkFeatures, item_id: str, source: str, store: str) -> Prepared:
+    """Stored form of one signature; the content hash covers frame count, average and features."""
+    crc = zlib.crc32(f.sin, zlib.crc32(f.cos))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.int64(f.frame_count).tobytes())
+    h.update(f.avg.tobytes())
+    h.update(crc.to_bytes(4, "little"))
+    row = np.stack([f.cos, f.sin]).astype(STORE_DTYPES[store], copy=False)
+    row_crc = crc if store == "fp32" else zlib.crc32(row)
+    return Prepared(item_id, source, f.frame_count, unit_average(f.avg), row, row_crc, h.hexdigest())
+
+
+def file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_small_file(root: Path, rel: str, data: bytes) -> FileRef:
+    """Write a new immutable file durably and describe it (size, CRC) for the manifest."""
+    with open(root / rel, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return FileRef(rel, len(data), zlib.crc32(data))
+
+
+class SegmentWriter:
+    """Appends prepared rows to new segment files of one shard; `finish` makes them durable."""
+
+    def __init__(self, root: Path, shard: int, name: str) -> None:
+        self.root, self.name = root, name
+        self.rel = f"shard-{shard:03d}/{name}"
+        (root / f"shard-{shard:03d}").mkdir(exist_ok=True)
+        self._l1 = open(root / f"{self.rel}.l1", "wb")
+        self._store = open(root / f"{self.rel}.store", "wb")
+        self._l1_crc = 0
+        self.l1_rows: list[np.ndarray] = []
+        self.cols: dict[str, list] = {k: [] for k in ("id", "source", "frame_count", "content_hash",
+                                                      "time_added", "row_crc32")}
+
+    def append(self, items: Sequence[Prepared]) -> None:
+        now = round(time.time(), 3)
+        for it in items:
+            self._l1.write(it.l1)
+            self._l1_crc = zlib.crc32(it.l1, self._l1_crc)
+            self._store.write(it.row)
+            self.l1_rows.append(it.l1)
+            for k, v in (("id", it.id), ("source", it.source), ("frame_count", it.frame_count),
+                         ("content_hash", it.content_hash), ("time_added", now), ("row_crc32", it.row_crc)):
+                self.cols[k].append(v)
+
+    @property
+    def count(self) -> int:
+        return len(self.cols["id"])
+
+    def finish(self, ivf: bytes | None = None) -> Segment:
+        """fsync every file and describe them for the manifest."""
+        refs = {}
+        for key, fh, crc in (("l1", self._l1, self._l1_crc), ("store", self._store, None)):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            refs[key] = FileRef(f"{self.rel}.{key}", os.path.getsize(self.root / f"{self.rel}.{key}"), crc)
+        refs["ids"] = write_small_file(self.root, f"{self.rel}.ids.json",
+                                       json.dumps(self.cols, separators=(",", ":")).encode())
+        if ivf is not None:
+            refs["ivf"] = write_small_file(self.root, f"{self.rel}.ivf", ivf)
+        return Segment(self.name, self.count, refs["l1"], refs["store"], refs["ids"], refs.get("ivf"))
+
+    def abort(self) -> None:
+        for fh in (self._l1, self._store):
+            fh.close()
+
+
+def read_checked(root: Path, ref: FileRef) -> bytes:
+    """A small file's bytes, after checking its size and CRC against the manifest."""
+    path = root / ref.name
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IndexCorruptError(path, f"missing or unreadable index file ({e.strerror or e})") from None
+    if len(data) != ref.size:
+        raise IndexCorruptError(path, f"truncated or resized index file ({len(data)} bytes, manifest says {ref.size})")
+    if ref.crc32 is not None and zlib.crc32(data) != ref.crc32:
+        raise IndexCorruptError(path, "corrupt index file (checksum mismatch)")
+    return data
+
+
+class SegmentReader:
+    """Read side of one segment: l1 vectors and ids in memory, the store memory-mapped."""
+
+    def __init__(self, root: Path, seg: Segment, params: TmkParams, store: str, verify_reads: bool = True) -> None:
+        self.seg, self.root, self.verify_reads = seg, root, verify_reads
+        d = params.dim
+        self.l1 = np.frombuffer(read_checked(root, seg.l1), dtype=np.float32).reshape(-1, d)
+        try:
+            cols = json.loads(read_checked(root, seg.ids))
+        except ValueError as e:
+            raise IndexCorruptError(root / seg.ids.name, f"corrupt id table ({e})") from None
+        self.ids: list[str] = cols["id"]
+        self.cols = cols
+        self.row_crc = np.asarray(cols["row_crc32"], dtype=np.int64)
+        self.row_shape = (2, params.num_periods, params.num_coeffs, d)
+        dtype = np.dtype(STORE_DTYPES[store])
+        spath = root / seg.store.name
+        size = spath.stat().st_size if spath.exists() else -1
+        want = seg.count * int(np.prod(self.row_shape)) * dtype.itemsize
+        if size != seg.store.size or size != want or len(self.l1) != seg.count or len(self.ids) != seg.count:
+            raise IndexCorruptError(spath, f"truncated or inconsistent segment ({size} bytes, expected {want})")
+        self.store = np.memmap(spath, dtype=dtype, mode="r", shape=(seg.count, *self.row_shape)) if seg.count \
+            else np.zeros((0, *self.row_shape), dtype)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Store rows `idx` (sorted) copied out of the map, each checked against its CRC."""
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+            out = np.array(self.store[idx[0]:idx[-1] + 1])
+        else:
+            out = self.store[idx]
+        if self.verify_reads:
+            for r, i in zip(out, idx):
+                if zlib.crc32(r) != self.row_crc[i]:
+                    raise IndexCorruptError(self.root / self.seg.store.name,
+                                            f"corrupt index file (row {int(i)}, id {self.ids[i]!r}: checksum mismatch)")
+        return out
+
+    def verify(self) -> None:
+        """Check every store row (the full, slow integrity check)."""
+        for s in range(0, self.seg.count, 256):
+            self.rows(np.arange(s, min(s + 256, self.seg.count)))
