@@ -239,16 +239,16 @@ class VideoIndex:
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
 
-    def _check_new_ids(self, ids: Sequence[str], existing: set[str]) -> None:
-        seen: set[str] = set()
-        for i in ids:
+    def _check_new_ids(self, ids: Sequence[str], sources: Sequence[str], existing: set[str]) -> None:
+        seen: dict[str, str] = {}
+        for i, src in zip(ids, sources):
             if not i:
-                raise IndexFormatError(self.root, "empty item id")
+                raise IndexFormatError(src, "empty item id; nothing was added")
             if i in seen:
-                raise IndexFormatError(self.root, f"duplicate id {i!r} in this batch; nothing was added")
+                raise IndexFormatError(src, f"duplicate id {i!r} in this batch (also {seen[i]}); nothing was added")
             if i in existing:
-                raise IndexFormatError(self.root, f"id {i!r} is already in the index; nothing was added")
-            seen.add(i)
+                raise IndexFormatError(src, f"id {i!r} is already in the index; nothing was added")
+            seen[i] = src
 
     def add(self, items: Iterable[TmkFeatures], ids: Sequence[str] | None = None,
             sources: Sequence[str] | None = None, progress: ProgressFn | None = None) -> int:
@@ -279,7 +279,7 @@ class VideoIndex:
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
         with self._writing() as m:
-            self._check_new_ids(ids, set(self._locations()))
+            self._check_new_ids(ids, sources, set(self._locations()))
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             store = m.store

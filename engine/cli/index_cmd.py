@@ -1,0 +1,132 @@
+"""`vmatch index create|add|remove|info|verify`: build and maintain a persistent index."""
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from engine.cli.common import CliError, Progress, config_from
+from engine.config import Config
+from engine.decode import DecodeError
+from engine.index import VideoIndex, VideoIndexError
+from engine.scoring import IncompatibleError
+from engine.tmkfile import TmkFormatError, iter_tmk_paths
+
+#: Defaults of the `index:` config section (configs/default.yaml overrides them).
+INDEX_DEFAULTS: dict[str, Any] = {
+    "shards": 4, "coarse": "flat", "store": "fp32", "ivf_nlist": 0, "ivf_nprobe": 16,
+    "c1": 0.7, "c2": 0.7, "batch_rows": 512, "add_workers": 8, "cluster_batch": 128,
+    "device": "auto", "verify_reads": True,
+}
+
+
+def index_config(cfg: Config) -> dict[str, Any]:
+    sec = cfg.section("index")
+    unknown = set(sec) - set(INDEX_DEFAULTS)
+    if unknown:
+        raise CliError(f"config: index: unknown keys {sorted(unknown)}", 2)
+    return {**INDEX_DEFAULTS, **sec}
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Expected failures of index work become one-line CLI errors."""
+    try:
+        yield
+    except (VideoIndexError, TmkFormatError, DecodeError, IncompatibleError) as e:
+        raise CliError(str(e)) from None
+    except RuntimeError as e:  # e.g. CUDA requested without a device
+        raise CliError(str(e), 2) from None
+
+
+def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> VideoIndex:
+    return VideoIndex(args.index, device=getattr(args, "device", None) or ic["device"],
+                      verify_reads=ic["verify_reads"], batch_rows=ic["batch_rows"])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="create and maintain a persistent index of .tmk signatures",
+                       description="A sharded on-disk index: faiss level-1 vectors, memory-mapped level-2 "
+                                   "features, atomic append-only commits.")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    c = isub.add_parser("create", help="make an empty index")
+    c.add_argument("index", metavar="INDEX")
+    c.add_argument("--shards", type=int, help="number of shards (fixed at creation)")
+    c.add_argument("--coarse", choices=["flat", "ivf"], help="level-1 index: flat (exact) or ivf (IVF-Flat)")
+    c.add_argument("--store", choices=["fp32", "fp16"], help="level-2 feature precision on disk")
+    c.add_argument("--nlist", type=int, help="ivf: inverted lists (0: about 4*sqrt(N) of the first add)")
+    c.add_argument("--nprobe", type=int, help="ivf: lists probed per query")
+    c.set_defaults(func=run_create)
+    a = isub.add_parser("add", help="add .tmk files, folders of them, or videos (id = file stem)")
+    a.add_argument("index", metavar="INDEX")
+    a.add_argument("paths", nargs="+", metavar="PATH")
+    a.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for hashing videos")
+    a.set_defaults(func=run_add)
+    r = isub.add_parser("remove", help="remove items by id")
+    r.add_argument("index", metavar="INDEX")
+    r.add_argument("ids", nargs="+", metavar="ID")
+    r.set_defaults(func=run_remove)
+    i = isub.add_parser("info", help="summary of an index as JSON")
+    i.add_argument("index", metavar="INDEX")
+    i.set_defaults(func=run_info)
+    v = isub.add_parser("verify", help="check every file and row of an index against its checksums")
+    v.add_argument("index", metavar="INDEX")
+    v.set_defaults(func=run_verify)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    ic = index_config(cfg)
+    with cli_errors():
+        VideoIndex.create(args.index, shards=args.shards or ic["shards"], coarse=args.coarse or ic["coarse"],
+                          store=args.store or ic["store"], params=cfg.tmk,
+                          ivf_nlist=ic["ivf_nlist"] if args.nlist is None else args.nlist,
+                          ivf_nprobe=args.nprobe or ic["ivf_nprobe"], device="cpu")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    ic = index_config(cfg)
+    paths = iter_tmk_paths(args.paths)
+    for p in paths:
+        if not p.exists():
+            raise CliError(f"{p}: no such file")
+    with cli_errors():
+        ix = VideoIndex(args.index, device="cpu")
+        hasher = None
+        if any(p.suffix.lower() != ".tmk" for p in paths):
+            from engine.hasher import VideoHasher
+            h = cfg.hash
+            hasher = VideoHasher(ix.params, mode=h.mode, device=args.device or h.device, chunk_frames=h.chunk_frames,
+                                 timeout_s=h.timeout_s, backend=h.backend, fast_exact_below=h.fast_exact_below)
+        bar = Progress(len(paths), "index add", "file")
+        try:
+            n = ix.add_paths(paths, hasher=hasher, progress=bar.update, workers=ic["add_workers"])
+        finally:
+            bar.close()
+        bar.write(f"vmatch: added {n} items to {args.index} (now {len(ix)})")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    with cli_errors():
+        ix = VideoIndex(args.index, device="cpu")
+        n = ix.remove(args.ids)
+        Progress(None, "index remove").write(f"vmatch: removed {n} items from {args.index} (now {len(ix)})")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    with cli_errors():
+        print(json.dumps(VideoIndex(args.index, device="cpu").info(), indent=1))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    with cli_errors():
+        ix = VideoIndex(args.index, device="cpu")
+        ix.verify()
+        print(json.dumps({"ok": True, "count": len(ix)}))
+    return 0

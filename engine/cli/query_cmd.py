@@ -1,0 +1,85 @@
+"""`vmatch query INDEX NEEDLE...` and `vmatch cluster INDEX`: matching against an index."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.cli.common import config_from
+from engine.cli.index_cmd import cli_errors, index_config, open_index
+from engine.index.needles import load_needles
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("query", help="match needles against an index (faiss level-1, then level-2)",
+                       description="Print the index items whose level-1 >= c1 and level-2 >= c2 for each needle, "
+                                   "best first: TSV 'L1<TAB>L2<TAB>needle<TAB>match' with 6 decimals (the "
+                                   "reference tmk-query's columns), or JSONL with the best offsets.")
+    q.add_argument("index", metavar="INDEX")
+    q.add_argument("needles", nargs="+", metavar="NEEDLE", help=".tmk file, folder of them, or video")
+    _thresholds(q)
+    q.add_argument("--top", type=int, metavar="K", help="at most K matches per needle (default: all)")
+    q.set_defaults(func=run_query)
+    c = sub.add_parser("cluster", help="groups of copies within an index (connected components)",
+                       description="Link items whose pair passes both levels, then print the connected "
+                                   "components: TSV 'cluster_id<TAB>size<TAB>id', largest cluster first.")
+    c.add_argument("index", metavar="INDEX")
+    _thresholds(c)
+    c.add_argument("--min-size", type=int, default=2, help="smallest cluster printed (default 2)")
+    c.set_defaults(func=run_cluster)
+
+
+def _thresholds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--c1", type=float, help="level-1 threshold, inclusive (default 0.7)")
+    p.add_argument("--c2", type=float, help="level-2 threshold, inclusive (default 0.7)")
+    p.add_argument("--format", choices=["tsv", "jsonl"], default="tsv")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def run_query(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    ic = index_config(cfg)
+    c1 = ic["c1"] if args.c1 is None else args.c1
+    c2 = ic["c2"] if args.c2 is None else args.c2
+    with cli_errors():
+        ix = open_index(args, ic)
+        hasher = None
+
+        def hash_video(path: Path):
+            nonlocal hasher
+            if hasher is None:
+                from engine.hasher import VideoHasher
+                h = cfg.hash
+                hasher = VideoHasher(ix.params, mode=h.mode, device=args.device or h.device,
+                                     chunk_frames=h.chunk_frames, timeout_s=h.timeout_s, backend=h.backend,
+                                     fast_exact_below=h.fast_exact_below)
+            return hasher.hash(path)
+
+        needles = load_needles(args.needles, hash_video)
+        results = ix.query(needles, c1, c2, args.top)
+    out = sys.stdout
+    for matches in results:
+        for m in matches:
+            if args.format == "tsv":
+                out.write(f"{m.level1:.6f}\t{m.level2:.6f}\t{m.needle}\t{m.id}\n")
+            else:
+                out.write(json.dumps({"needle": m.needle, "id": m.id, "level1": round(m.level1, 6),
+                                      "level2": round(m.level2, 6), "offsets": m.offsets}) + "\n")
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    ic = index_config(cfg)
+    c1 = ic["c1"] if args.c1 is None else args.c1
+    c2 = ic["c2"] if args.c2 is None else args.c2
+    with cli_errors():
+        groups = open_index(args, ic).clusters(c1, c2, args.min_size, ic["cluster_batch"])
+    out = sys.stdout
+    for cid, members in enumerate(groups):
+        if args.format == "tsv":
+            out.writelines(f"{cid}\t{len(members)}\t{m}\n" for m in members)
+        else:
+            out.write(json.dumps({"cluster": cid, "size": len(members), "ids": members}) + "\n")
+    return 0
