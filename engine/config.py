@@ -27,7 +27,7 @@ class HashConfig:
 class ScoreConfig:
     c1: float = -1.0
     c2: float = 0.0
-    batch_size: int = 1024
+    batch_size: int = 0
     grid: int = 256
     device: str = "auto"
 

@@ -10,7 +10,12 @@ import torch
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.device import resolve_device, strict_float
 from kernels.params import TmkParams
-from kernels.score import TmkScorer, level1
+from kernels.score import DEFAULT_GRID, TmkScorer, level1
+
+
+def default_batch(device: torch.device) -> int:
+    """Candidates per level-2 batch: cache-sized on CPU, large on CUDA to fill the GPU."""
+    return 16384 if device.type == "cuda" else 256
 
 
 class IncompatibleError(ValueError):
@@ -39,13 +44,14 @@ def check_compatible(a: TmkParams, b: TmkParams, what: str = "") -> None:
 class Scorer:
     """Batched TMK scorer on one device; reuse it across calls (it caches trig tables)."""
 
-    def __init__(self, params: TmkParams, device: str | torch.device = "auto", batch_size: int = 1024) -> None:
+    def __init__(self, params: TmkParams, device: str | torch.device = "auto", batch_size: int = 0,
+                 grid: int = DEFAULT_GRID) -> None:
         self.params = params
         self.device = resolve_device(device)
         if self.device.type == "cuda":
             strict_float()
-        self.batch_size = batch_size
-        self._kernel = TmkScorer(params, self.device)
+        self.batch_size = batch_size or default_batch(self.device)
+        self._kernel = TmkScorer(params, self.device, grid)
 
     def _t(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

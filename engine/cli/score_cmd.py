@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     except TmkFormatError as e:
         raise CliError(str(e)) from None
     try:
-        scorer = Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size)
+        scorer = Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size, cfg.grid)
         out = sys.stdout
         if args.needle:
             needle, hay = feats[0], feats[1:]
