@@ -1,0 +1,115 @@
+"""VideoIndex: equivalence with a brute-force scan, persistence, removal, shards, coarse kinds."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from engine.index import VideoIndex, shard_of
+from engine.index.coarse import FaissRange, GrowingKnn, TorchScan, build_searcher
+from engine.tmkfile import write_tmk
+from tests.engine.index.conftest import assert_same, brute_force
+
+
+@pytest.fixture(scope="module")
+def real_index(tmp_path_factory, ref_tmks):
+    ix = VideoIndex.create(tmp_path_factory.mktemp("ix") / "real", shards=3, device="cpu")
+    ix.add_paths(list(ref_tmks.values()))
+    return ix
+
+
+@pytest.mark.parametrize("c1,c2", [(-1.0, 0.0), (0.7, 0.7), (0.9, 0.95)])
+def test_real_hashes_equal_brute_force(real_index, real_feats, c1, c2):
+    got = real_index.query(real_feats, c1, c2)
+    assert_same(got, brute_force(real_feats, real_feats, c1, c2), [f.name for f in real_feats])
+
+
+def test_matches_reference_pair_table(real_index, real_feats, ref_pairs):
+    got = {(m.needle, m.id): (m.level1, m.level2) for ms in real_index.query(real_feats, -1.0, 0.0) for m in ms}
+    for l1, l2, a, b in ref_pairs:
+        g1, g2 = got[(a.removesuffix(".tmk"), b.removesuffix(".tmk"))]
+        assert abs(g1 - l1) <= 2e-6 and abs(g2 - l2) <= 2e-6, (a, b)
+
+
+def test_synthetic_bank_with_removals_equals_brute_force(tmp_path, synth_feats):
+    ix = VideoIndex.create(tmp_path / "syn", shards=4, device="cpu", batch_rows=16)
+    ix.add(synth_feats[:50])
+    ix.add(synth_feats[50:])
+    gone = [f.name for f in synth_feats[::7]]
+    ix.remove(gone)
+    live = [f for f in synth_feats if f.name not in set(gone)]
+    needles = synth_feats[:12]
+    for c1, c2 in [(0.6, 0.6), (0.8, 0.8), (-1.0, 0.0)]:
+        assert_same(ix.query(needles, c1, c2), brute_force(needles, live, c1, c2), [f.name for f in needles])
+    top = ix.query(needles, 0.6, 0.6, top=2)
+    assert all(len(ms) <= 2 for ms in top)
+    assert len(ix) == len(live) and sorted(ix.ids()) == sorted(f.name for f in live)
+
+
+def test_ivf_with_all_lists_probed_equals_flat(tmp_path, synth_feats):
+    ivf = VideoIndex.create(tmp_path / "ivf", shards=2, coarse="ivf", ivf_nlist=2, device="cpu")
+    ivf.add(synth_feats)
+    flat = VideoIndex.create(tmp_path / "flat", shards=2, device="cpu")
+    flat.add(synth_feats)
+    assert ivf.info()["ivf"]["trained"]
+    exact = VideoIndex(tmp_path / "ivf", device="cpu", nprobe=2)
+    needles = synth_feats[:10]
+    for a, b in zip(exact.query(needles, 0.6, 0.6), flat.query(needles, 0.6, 0.6)):
+        assert [(m.id, m.level2) for m in a] == [(m.id, m.level2) for m in b]
+
+
+def test_threshold_searchers_agree():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:20] + 0.3 * rng.normal(size=(20, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    flat = build_searcher("flat", x, torch.device("cpu"))
+    assert isinstance(flat, FaissRange)
+    grow = GrowingKnn(flat.index, flat, k0=2, max_k=8)      # exercises doubling and the fallback
+    scan = TorchScan(x, torch.device("cpu"), chunk=128)
+    want = flat.search(q, 0.3)
+    for other in (grow, scan):
+        got = other.search(q, 0.3)
+        for i in range(len(q)):
+            assert sorted(got[1][got[0][i]:got[0][i + 1]]) == sorted(want[1][want[0][i]:want[0][i + 1]])
+
+
+def test_stable_sharding_and_persistence_across_processes(tmp_path, real_feats):
+    assert [shard_of("chair-19-sd-bar", 7), shard_of("x", 7)] == [shard_of("chair-19-sd-bar", 7), shard_of("x", 7)]
+    d = tmp_path / "tmk"
+    d.mkdir()
+    for f in real_feats[:6]:
+        write_tmk(d / f"{f.name}.tmk", f)
+    code = ("import sys; from engine.index import VideoIndex; "
+            "ix = VideoIndex.create(sys.argv[1], shards=2, device='cpu'); ix.add_paths(sys.argv[2:])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "p"), *map(str, sorted(d.iterdir()))], check=True)
+    ix = VideoIndex(tmp_path / "p", device="cpu")
+    assert len(ix) == 6
+    assert_same(ix.query(real_feats, 0.5, 0.5), brute_force(real_feats, real_feats[:6], 0.5, 0.5),
+                [f.name for f in real_feats])
+
+
+def test_reader_keeps_its_snapshot_while_a_writer_adds(tmp_path, real_feats):
+    w = VideoIndex.create(tmp_path / "c", shards=2, device="cpu")
+    w.add(real_feats[:4])
+    r = VideoIndex(tmp_path / "c", device="cpu")
+    before = r.query(real_feats[:2], -1.0, 0.0)
+    w.add(real_feats[4:8])
+    w.remove([real_feats[0].name])
+    assert [len(ms) for ms in r.query(real_feats[:2], -1.0, 0.0)] == [len(ms) for ms in before] == [4, 4]
+    r.reload()
+    assert [len(ms) for ms in r.query(real_feats[:2], -1.0, 0.0)] == [7, 7]
+
+
+def test_removed_id_can_be_added_again(tmp_path, real_feats):
+    ix = VideoIndex.create(tmp_path / "r", shards=1, device="cpu")
+    ix.add(real_feats[:3])
+    ix.remove([real_feats[1].name])
+    assert real_feats[1].name not in ix
+    ix.add([real_feats[1]])
+    assert real_feats[1].name in ix and len(ix) == 3
+    assert ix.query([real_feats[1]], 0.99, 0.99)[0][0].id == real_feats[1].name
