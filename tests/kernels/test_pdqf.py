@@ -67,3 +67,13 @@ def test_luma_uses_binary32_products():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="unknown mode"):
         pdqf(torch.zeros((1, 64, 64, 3), dtype=torch.uint8), "approx")
+
+
+@pytest.mark.cuda
+def test_cuda_exact_is_bit_identical_to_cpu(frames):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = pdqf(torch.from_numpy(frames), "exact")
+    gpu = pdqf(torch.from_numpy(frames).cuda(), "exact").cpu()
+    assert torch.equal(cpu.view(torch.int32), gpu.view(torch.int32))
+    fast = pdqf(torch.from_numpy(frames).cuda(), "fast").cpu()
+    assert torch.allclose(cpu, fast, rtol=0, atol=2e-3)

@@ -69,3 +69,14 @@ def test_level1_zero_vectors_like_reference():
     m = level1_matrix(torch.stack([z, v]), torch.stack([z, v, -v]))
     assert m[0, 0].item() == 0.0 and torch.isnan(m[0, 1]) and m[1, 1].item() == pytest.approx(1.0)
     assert m[1, 2].item() == pytest.approx(-1.0)
+
+
+@pytest.mark.cuda
+def test_cuda_scores_equal_cpu_scores():
+    c, s = _random_features(64, seed=7)
+    c2 = c[0:1] + 0.05 * torch.randn_like(c)
+    s2 = s[0:1] + 0.05 * torch.randn_like(s)
+    cpu = TmkScorer(device="cpu").level2(c[0], s[0], c2, s2)
+    gpu = TmkScorer(device="cuda").level2(c[0].cuda(), s[0].cuda(), c2.cuda(), s2.cuda())
+    assert torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-6)
+    assert level1(c[0, 0, 0].cuda(), c2[:, 0, 0].cuda()).shape == (64,)

@@ -101,3 +101,16 @@ def test_trig_tables_use_reference_angle_order():
 def test_finalize_leaves_zero_rows_zero():
     v = torch.zeros((4, 32, 256))
     assert not finalize_features(v, P).any()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.cuda
+def test_cuda_exact_accumulator_is_bit_identical():
+    feats = torch.from_numpy(_feats(12, seed=9))
+    cpu, gpu = TmkAccumulator(mode="exact"), TmkAccumulator(mode="exact", device="cuda")
+    cpu.update(feats)
+    gpu.update(feats.cuda())
+    for x, y in zip(cpu.finalize()[:3], gpu.finalize()[:3]):
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
