@@ -16,6 +16,11 @@ from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs
 
 #: Relative slack on the upper bound, far above float32 round-off of the coefficients.
 BOUND_SLACK = 1e-4
+#: Largest level-2 change from storing one side in float16: each stored value carries a relative
+#: error <= 2^-11, so each block dot product moves by <= 2^-11 a_j and K(o) by
+#: <= 2^-11 (a_0 + 2 sqrt(2) sum a_j) <= 2^-11 sqrt(2) Z (docs/index.md).  Both sides from an fp16
+#: store (clusters): twice this.
+FP16_LEVEL2_BOUND = 2.0 ** -11 * 2 ** 0.5 + 1e-6
 
 
 class PairScorer:
