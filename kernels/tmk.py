@@ -114,7 +114,8 @@ class TmkAccumulator:
             z = np.zeros((params.num_periods, params.num_coeffs, params.dim), np.float32)
             return np.zeros(params.dim, np.float32), z, z.copy(), 0
         if self.mode == "exact":
-            avg = self.avg / torch.tensor(float(count), dtype=torch.float32)
+            # a same-shape device tensor: CUDA turns division by a scalar into a reciprocal multiply
+            avg = self.avg / torch.full_like(self.avg, float(count))
         else:
             avg = (self.avg / count).to(torch.float32)
         cos = finalize_features(self.cos.to(torch.float32), params)
