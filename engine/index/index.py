@@ -92,7 +92,34 @@ class _Pairs:
         return _Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("needle", "shard", "row", "l1")))
 
 
-class _Shard:
+class _ShardBase:
+    n: int
+    ids: list[str]
+    l1: np.ndarray
+    deleted: np.ndarray
+    searcher: coarse_mod.Coarse
+
+    def live_rows(self) -> np.ndarray:
+        return np.nonzero(~self.deleted)[0]
+
+    def rows(self, rows: np.ndarray) -> np.ndarray | torch.Tensor:
+        raise NotImplementedError
+
+
+class _MemoryShard(_ShardBase):
+    """A bank held in memory (e.g. GPU-resident float16 rows): same queries, no files."""
+
+    def __init__(self, ids: Sequence[str], l1: np.ndarray, rows: torch.Tensor, device: torch.device) -> None:
+        self.ids, self.l1, self._rows = list(ids), np.ascontiguousarray(l1, dtype=np.float32), rows
+        self.n = len(self.ids)
+        self.deleted = np.zeros(self.n, dtype=bool)
+        self.searcher = coarse_mod.build_searcher("flat", self.l1, device)
+
+    def rows(self, rows: np.ndarray) -> torch.Tensor:
+        return self._rows[torch.from_numpy(rows).to(self._rows.device)]
+
+
+class _Shard(_ShardBase):
     """Read-only view of one shard at one manifest: segments, row offsets, tombstones, searcher."""
 
     def __init__(self, root: Path, m: Manifest, sid: int, device: torch.device, verify_reads: bool,
@@ -111,9 +138,6 @@ class _Shard:
         trained = read_checked(root, m.ivf_trained) if (m.coarse == "ivf" and m.ivf_trained) else None
         ivfs = [(read_checked(root, s.ivf), int(f)) for s, f in zip(segs, self.first) if s.ivf is not None]
         self.searcher = coarse_mod.build_searcher(m.coarse, self.l1, device, trained, ivfs, nprobe)
-
-    def live_rows(self) -> np.ndarray:
-        return np.nonzero(~self.deleted)[0]
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Store rows for sorted shard rows, gathered segment by segment."""
@@ -142,7 +166,7 @@ class VideoIndex:
         self.manifest = read_manifest(self.root)
         self.params = self.manifest.params
         self._scorer = PairScorer(self.params, self.device, **({"grid": grid} if grid else {}))
-        self._shards: list[_Shard] | None = None
+        self._shards: list[_ShardBase] | None = None
         self._where: dict[str, tuple[int, int]] | None = None
         self.last_stats = QueryStats()
 
@@ -166,12 +190,32 @@ class VideoIndex:
                                       ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe))
         return cls(root, **open_kw)  # type: ignore[arg-type]
 
+    @classmethod
+    def in_memory(cls, ids: Sequence[str], unit_averages: np.ndarray, rows: torch.Tensor,
+                  params: TmkParams = DEFAULT_PARAMS, device: str | torch.device = "auto",
+                  batch_rows: int = 4096) -> "VideoIndex":
+        """A read-only index over a bank already in memory: unit averages [N,d], rows [N,2,P,m,d]
+        (float32 or float16, on the query device to keep level-2 there).  Used for banks too
+        large for the disk at hand, such as the 1M-item GPU benchmark."""
+        self = cls.__new__(cls)
+        self.root, self.device = Path("<memory>"), resolve_device(device)
+        if self.device.type == "cuda":
+            strict_float()
+        self.verify_reads, self.batch_rows, self._nprobe = False, batch_rows, None
+        self.manifest = Manifest(params=params, shards=1)
+        self.params = params
+        self._scorer = PairScorer(params, self.device)
+        self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
+        self._where = None
+        self.last_stats = QueryStats()
+        return self
+
     def reload(self) -> None:
         """Pick up what other writers committed since this object read the manifest."""
         self.manifest = read_manifest(self.root)
         self._shards, self._where = None, None
 
-    def _state(self) -> list[_Shard]:
+    def _state(self) -> list[_ShardBase]:
         if self._shards is None:
             m = self.manifest
             nprobe = self._nprobe or m.ivf_nprobe
@@ -188,6 +232,8 @@ class VideoIndex:
         return self._where
 
     def __len__(self) -> int:
+        if isinstance(self._shards, list) and self._shards and isinstance(self._shards[0], _MemoryShard):
+            return sum(int((~s.deleted).sum()) for s in self._shards)
         return self.manifest.count
 
     def __contains__(self, item_id: str) -> bool:
@@ -395,12 +441,25 @@ class VideoIndex:
         order = np.argsort(slot, kind="stable")
         starts = np.searchsorted(slot[order], np.arange(0, len(uniq) + self.batch_rows, self.batch_rows))
         shards = self._state()
-        for b, s in enumerate(range(0, len(uniq), self.batch_rows)):
+        firsts = range(0, len(uniq), self.batch_rows)
+
+        def fetch(s: int) -> torch.Tensor:
             ukeys = uniq[s:s + self.batch_rows]
             ush, urow = ukeys >> 40, ukeys & ((1 << 40) - 1)
-            rows = np.concatenate([shards[si].rows(urow[ush == si]) for si in np.unique(ush)])
-            pos = order[starts[b]:starts[b + 1]]
-            l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
+            rows = [shards[si].rows(urow[ush == si]) for si in np.unique(ush)]
+            if len(rows) > 1:
+                rows = [torch.cat(rows)] if isinstance(rows[0], torch.Tensor) else [np.concatenate(rows)]
+            return self._scorer.rows_to_device(rows[0])
+
+        # The next batch is read (page faults, CRC checks, float16 widening) while this one is scored.
+        with ThreadPoolExecutor(max_workers=1) as ex:
+            nxt = ex.submit(fetch, 0)
+            for b, s in enumerate(firsts):
+                rows = nxt.result()
+                if s + self.batch_rows < len(uniq):
+                    nxt = ex.submit(fetch, s + self.batch_rows)
+                pos = order[starts[b]:starts[b + 1]]
+                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs
 
     def query(self, needles: Sequence[TmkFeatures], c1: float = 0.7, c2: float = 0.7,
@@ -442,9 +501,8 @@ class VideoIndex:
             chunk = names[s:s + batch]
             locs = [where[n] for n in chunk]
             unit = np.stack([shards[si].l1[r] for si, r in locs])
-            rows = np.stack([shards[si].rows(np.array([r]))[0] for si, r in locs])
-            cos, sin = self._scorer.rows_to_device(rows)
-            nd = _Needles(chunk, unit, cos, sin)
+            rows = torch.cat([self._scorer.rows_to_device(shards[si].rows(np.array([r]))) for si, r in locs])
+            nd = _Needles(chunk, unit, rows[:, 0], rows[:, 1])
             pairs = self._level1(nd, c1)
             cand_rank = np.full(len(pairs.row), -1, np.int64)
             for si, ranks in enumerate(shard_rank):

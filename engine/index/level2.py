@@ -26,15 +26,16 @@ FP16_LEVEL2_BOUND = 2.0 ** -11 * 2 ** 0.5 + 1e-6
 class PairScorer:
     """Scores pair batches on one device; owns the kernel's trig tables."""
 
-    def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID) -> None:
-        self.params, self.device = params, device
+    def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID,
+                 pair_chunk: int = 2048) -> None:
+        self.params, self.device, self.pair_chunk = params, device, pair_chunk
         self.kernel = TmkScorer(params, device, grid)
         self.z = params.z_norm
 
-    def rows_to_device(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store rows [B,2,P,m,d] -> float32 cos, sin [B,P,m,d] on the device."""
-        t = torch.from_numpy(rows).to(self.device).to(torch.float32)
-        return t[:, 0], t[:, 1]
+    def rows_to_device(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Store rows [B,2,P,m,d] (float32 or float16) -> float32 on the device (cos = [:, 0], sin = [:, 1])."""
+        t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)
+        return t.to(self.device).to(torch.float32)
 
     def coeffs(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
                c_cos: torch.Tensor, c_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,13 +43,16 @@ class PairScorer:
         k = len(pair_needle)
         p, m = self.params.num_periods, self.params.num_coeffs
         uniq, first = np.unique(pair_needle, return_index=True)
-        if self.device.type == "cuda" and len(uniq) > 8:
-            pn = torch.from_numpy(pair_needle).to(self.device)
-            ps = torch.from_numpy(pair_slot).to(self.device)
-            return pair_coeffs(n_cos[pn], n_sin[pn], c_cos[ps], c_sin[ps])
         k0 = torch.empty((k, p), device=self.device)
         a = torch.empty((k, p, m - 1), device=self.device)
         b = torch.empty_like(a)
+        if self.device.type == "cuda" and len(uniq) > 8:   # many needles: gathered pairs, bounded chunks
+            pn = torch.from_numpy(pair_needle).to(self.device)
+            ps = torch.from_numpy(pair_slot).to(self.device)
+            for s in range(0, k, self.pair_chunk):
+                i, j = pn[s:s + self.pair_chunk], ps[s:s + self.pair_chunk]
+                k0[s:s + len(i)], a[s:s + len(i)], b[s:s + len(i)] = pair_coeffs(n_cos[i], n_sin[i], c_cos[j], c_sin[j])
+            return k0, a, b
         order = np.argsort(pair_needle, kind="stable")
         bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
         for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
@@ -60,14 +64,17 @@ class PairScorer:
                 st = torch.from_numpy(slots).to(self.device)
                 cc, cs = c_cos[st], c_sin[st]
             pt = torch.from_numpy(pos).to(self.device)
-            k0[pt], a[pt], b[pt] = needle_coeffs(n_cos[u], n_sin[u], cc.contiguous(), cs.contiguous())
+            k0[pt], a[pt], b[pt] = needle_coeffs(n_cos[u], n_sin[u], cc, cs)
         return k0, a, b
 
     def score(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
-              rows: np.ndarray, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Level-2 [K] (NaN where the bound proves level-2 < c2) and best offsets [K,P] (-1 there)."""
-        c_cos, c_sin = self.rows_to_device(rows)
-        k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, c_cos, c_sin)
+              rows: torch.Tensor, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 [K] (NaN where the bound proves level-2 < c2) and best offsets [K,P] (-1 there).
+
+        ``rows`` is `rows_to_device` of the candidate batch; pair k is needle ``pair_needle[k]``
+        against row ``pair_slot[k]``.
+        """
+        k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
         l2 = np.full(len(pair_needle), np.nan, dtype=np.float32)
         offs = np.full((len(pair_needle), self.params.num_periods), -1, dtype=np.int64)
         if c2 is None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.index import VideoIndex, shard_of
+from engine.index.segment import unit_average
 from engine.index.coarse import FaissRange, GrowingKnn, TorchScan, build_searcher
 from tests.engine.index.conftest import assert_same, brute_force, passing
 
@@ -101,3 +102,14 @@ def test_removed_id_can_be_added_again(tmp_path, real_feats):
     ix.add([real_feats[1]])
     assert real_feats[1].name in ix and len(ix) == 3
     assert ix.query([real_feats[1]], 0.99, 0.99)[0][0].id == real_feats[1].name
+
+
+def test_in_memory_bank_answers_like_the_disk_index(real_index, real_feats):
+    rows = torch.from_numpy(np.stack([np.stack([f.cos, f.sin]) for f in real_feats])).half()
+    mem = VideoIndex.in_memory([f.name for f in real_feats], np.stack([unit_average(f.avg) for f in real_feats]),
+                               rows, device="cpu", batch_rows=5)
+    assert len(mem) == len(real_feats)
+    for a, b in zip(mem.query(real_feats, 0.7, 0.7), real_index.query(real_feats, 0.7, 0.7)):
+        assert [m.id for m in a] == [m.id for m in b]
+        assert all(abs(x.level2 - y.level2) < 1e-3 for x, y in zip(a, b))
+    assert mem.clusters() == real_index.clusters()
