@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--pairs", metavar="PAIRS.csv", help="labelled pairs")
     src.add_argument("--groups", metavar="DIR", help="folder whose sub-folders are groups of the same content")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="report folder (created)")
-    p.add_argument("--index", metavar="INDEX", help="take signatures of indexed videos from this vmatch index")
+    p.add_argument("--index", metavar="INDEX", help="take the signatures of indexed items (id = file stem) from this "
+                                                     "vmatch index instead of reading or hashing them")
     p.add_argument("--c1", type=float, help="level-1 threshold of the operating point (default 0.7)")
     p.add_argument("--c2", type=float, help="level-2 threshold of the operating point (default 0.7)")
     p.add_argument("--target-fpr", type=float, metavar="F", help="report thresholds reaching this FPR (default 1e-3)")
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                                  fast_exact_below=hc.fast_exact_below)
         except (RuntimeError, ValueError) as e:
             raise CliError(str(e), 2) from None
-    lookup = _index_lookup(args.index) if args.index else None
+    lookup = _index_lookup(args.index, args.device or cfg.score.device) if args.index else None
     store = pipeline.FeatureStore(hasher, ev.cache_dir, cache_tag=hasher.mode if hasher else "", lookup=lookup)
     bar = Progress(len(lset.items), "signatures", "item")
     try:
@@ -145,5 +146,24 @@ def _p(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _index_lookup(index: str):
-    raise CliError(f"{index}: --index is not available yet (the index subsystem is not in this build)", 2)
+def _index_lookup(index: str, device: str):
+    """Item path -> the index's stored signature of the id = file stem (None when not indexed).
+
+    Needs ``VideoIndex.features(ids) -> list[TmkFeatures]``; indexes without it are refused with
+    a clear message rather than read through private structures.
+    """
+    from engine.index import VideoIndex, VideoIndexError
+
+    try:
+        idx = VideoIndex(index, device=device)
+    except VideoIndexError as e:
+        raise CliError(str(e), 2) from None
+    features = getattr(idx, "features", None)
+    if features is None:
+        raise CliError(f"{index}: this vmatch index cannot hand out stored signatures yet "
+                       "(VideoIndex.features is missing); evaluate without --index", 2)
+
+    def lookup(path: Path):
+        return features([path.stem])[0] if path.stem in idx else None
+
+    return lookup

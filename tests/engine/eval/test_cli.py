@@ -122,3 +122,23 @@ def test_bad_inputs_one_line_errors(ref, tmp_path, capsys):
     assert code == 2 and err == f"vmatch: {tmp_path / 'none'}: no such folder\n"
     code, _, err = run_eval(capsys, "--pairs", str(bad), "-o", str(tmp_path / "r"), "--target-fpr", "2")
     assert code == 2 and "--target-fpr must be between 0 and 1" in err
+
+
+def test_index_option(ref_tmks, family_pairs_csv, tmp_path, capsys):
+    """--index takes stored signatures (id = file stem) once the index can hand them out."""
+    from engine.index import VideoIndex
+
+    code, _, err = run_eval(capsys, "--pairs", str(family_pairs_csv), "-o", str(tmp_path / "r0"),
+                            "--index", str(tmp_path / "nothing"))
+    assert code == 2 and err.startswith(f"vmatch: {tmp_path / 'nothing'}") and err.count("\n") == 1
+    idx = VideoIndex.create(tmp_path / "idx", shards=1, device="cpu")
+    idx.add_paths(ref_tmks[:3])
+    code, _, err = run_eval(capsys, "--pairs", str(family_pairs_csv), "-o", str(tmp_path / "r"), "--no-plots",
+                            "--device", "cpu", "--index", str(tmp_path / "idx"))
+    if not hasattr(VideoIndex, "features"):
+        assert code == 2 and err.startswith(f"vmatch: {tmp_path / 'idx'}: this vmatch index cannot hand out")
+        return
+    assert code == 0, err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["inputs"]["from_index"] == 3
+    assert (s["operating_point"]["tp"], s["operating_point"]["fp"]) == (32, 0)
