@@ -161,7 +161,7 @@ class TmkScorer:
         m2 = (mag * self._j2).sum(2, keepdim=True)                             # bound on |K''|
         slack = (0.5 * m2) * (self._radius * self._radius) + 1e-5 * (kt.abs() + mag.sum(2, keepdim=True))
         bound = kg + dk.abs() * self._radius + slack
-        lower = kg.max(2, keepdim=True).values                                 # value at a real offset
+        lower = torch.amax(kg, 2, keepdim=True)                                # value at a real offset
         cand = (bound >= lower).nonzero()                                      # [C,3] (period, pair, grid)
         best = torch.empty((np_, nb), dtype=self.dtype, device=self.device)
         arg = torch.empty((np_, nb), dtype=torch.int64, device=self.device)
@@ -195,7 +195,7 @@ class TmkScorer:
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Level-2 score [B] and best offset per period [B,P] from pair coefficients."""
         best, arg = self.kernel_max(k0, a, b)
-        return best.max(1).values / self.z, arg
+        return torch.amax(best, 1) / self.z, arg
 
     def level2(self, a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Tensor, b_sin: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

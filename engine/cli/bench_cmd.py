@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--from", dest="source", nargs="*", default=[], metavar="TMK",
                    help=".tmk files or folders to perturb into the bank (default: random features)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    s.add_argument("--batch", type=int, default=0, help="candidates per batch (0: 256 on CPU, 16384 on CUDA)")
+    s.add_argument("--batch", type=int, default=0, help="candidates per batch (0: 512 on CPU, 32768 on CUDA)")
     s.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     s.add_argument("--repeat", type=int, default=3)
     s.add_argument("--threads", type=int, help="torch intra-op threads (e.g. 1 for the one-core figure)")
