@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Index benchmarks on synthetic banks made by perturbing the 15 real reference hashes.
+
+CPU, on disk (the default):
+
+    python scripts/bench_index.py --items 20000 --store fp32 --workdir /tmp/vmatch-bench [--ivf-recall]
+
+writes N perturbed `.tmk` files (kept in --workdir for reruns), then measures `index add`
+(files/s), bytes on disk per hash, resident memory per hash, one needle at c1 = -1 end to end
+(every item scored at level-2; c2 = 0 and c2 = 0.7) against the reference tmk-query figure,
+a needle batch at c1 = c2 = 0.7, and optionally IVF recall against flat.
+
+GPU, in memory (the bank is generated on the device; 1M fp16 rows are 131 GB, more than the
+GPU machine's disk):
+
+    python scripts/bench_index.py --device cuda --items 1000000 --store fp16 --needles 1000
+
+Bank: item i perturbs real hash i mod 15 (engine/index/synthetic.py); a fraction
+--near-fraction are near copies (cosine ~0.96 to their base), the rest far (~0.3), so a
+needle has a realistic handful of level-1 candidates.  Needles are near copies of bank items,
+half of them near items.  Prints one JSON object on stdout; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.features import TmkFeatures  # noqa: E402
+from engine.index import VideoIndex  # noqa: E402
+from engine.index.segment import unit_average  # noqa: E402
+from engine.index.synthetic import mixed_strengths, perturb_rows  # noqa: E402
+from engine.tmkfile import iter_tmk_paths, read_many, to_bytes  # noqa: E402
+from kernels.device import resolve_device  # noqa: E402
+
+#: Reference tmk-query on the 2-core CI machine (shared/reference/threatexchange/README.md).
+REF_MS_PER_PAIR = 4.7
+REF_LOAD_S_PER_10K = 2.55
+
+
+def log(msg: str) -> None:
+    print(f"[bench_index] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_anon() -> int:
+    """Anonymous resident bytes (excludes file-backed pages such as the memory-mapped store)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_bases(ref: str | None) -> list[TmkFeatures]:
+    cands = [Path(ref)] if ref else [REPO.parent / "shared/reference/threatexchange/tmk",
+                                      REPO / "shared/reference/threatexchange/tmk"]
+    for c in cands:
+        paths = [p for p in iter_tmk_paths([c]) if p.stem != "test-padded-dimensions"] if c.is_dir() else []
+        if paths:
+            return read_many(paths)
+    raise SystemExit(f"bench_index: reference hashes not found in {', '.join(map(str, cands))} (use --ref DIR)")
+
+
+def generate(bases: list[TmkFeatures], n: int, near_fraction: float, seed: int, device: torch.device,
+             dtype: torch.dtype, chunk: int = 4096):
+    """Yield (first item, unit averages [B,d] float32 numpy, rows [B,2,P,m,d] dtype on device)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    strengths = torch.from_numpy(mixed_strengths(n, near_fraction, seed))
+    b_avg = [torch.from_numpy(f.avg).to(device) for f in bases]
+    b_rows = [torch.from_numpy(np.stack([f.cos, f.sin])).to(device) for f in bases]
+    for s in range(0, n, chunk):
+        idx = torch.arange(s, min(s + chunk, n))
+        avg = torch.empty((len(idx), bases[0].params.dim), device=device)
+        rows = torch.empty((len(idx), *b_rows[0].shape), device=device, dtype=dtype)
+        for b in range(len(bases)):
+            sel = (idx % len(bases) == b).nonzero().flatten()
+            if len(sel):
+                a, r = perturb_rows(b_avg[b], b_rows[b], strengths[idx[sel]], gen)
+                avg[sel.to(device)], rows[sel.to(device)] = a, r.to(dtype)
+        yield s, avg.cpu().numpy(), rows
+
+
+def make_bank_files(bases: list[TmkFeatures], folder: Path, n: int, near_fraction: float, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "COMPLETE"
+    names = [folder / f"syn-{i:07d}.tmk" for i in range(n)]
+    if done.exists() and done.read_text() == f"{n} {near_fraction} {seed}":
+        return names
+    log(f"writing {n} perturbed .tmk files to {folder}")
+    t0 = time.perf_counter()
+    p = bases[0].params
+    for s, avg, rows in generate(bases, n, near_fraction, seed, torch.device("cpu"), torch.float32, 512):
+        r = rows.numpy()
+        for k in range(len(avg)):
+            base = bases[(s + k) % len(bases)]
+            f = TmkFeatures(avg[k], r[k, 0], r[k, 1], base.frame_count, p)
+            names[s + k].write_bytes(to_bytes(f))
+    done.write_text(f"{n} {near_fraction} {seed}")
+    log(f"  {n / (time.perf_counter() - t0):.0f} files/s")
+    return names
+
+
+def needles_from(ix: VideoIndex, rows_of, near_ids: np.ndarray, far_ids: np.ndarray, q: int, seed: int,
+                 names: list[str]) -> list[TmkFeatures]:
+    """q near copies (strength 0.3) of bank items, half near items, half far ones."""
+    rng = np.random.default_rng(seed + 1)
+    pick = np.concatenate([rng.choice(near_ids, q // 2) if len(near_ids) else rng.choice(far_ids, q // 2),
+                           rng.choice(far_ids, q - q // 2)])
+    gen = torch.Generator().manual_seed(seed + 2)
+    out = []
+    for k, i in enumerate(pick):
+        avg, row = rows_of(int(i))
+        a, r = perturb_rows(torch.from_numpy(avg), row.float().cpu(), torch.tensor([0.3]), gen)
+        out.append(TmkFeatures(a[0].numpy(), r[0, 0].numpy(), r[0, 1].numpy(), 300, ix.params,
+                               f"needle-{k:05d}-of-{names[i]}"))
+    return out
+
+
+def timed_query(ix: VideoIndex, needles: list[TmkFeatures], c1: float, c2: float) -> dict[str, float]:
+    if ix.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    res = ix.query(needles, c1, c2)
+    if ix.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    st = ix.last_stats
+    return {"needles": len(needles), "c1": c1, "c2": c2, "seconds": round(dt, 4),
+            "needles_per_s": round(len(needles) / dt, 2), "candidates": st.candidates, "level2_scored": st.scored,
+            "matches": sum(map(len, res)), "needles_with_a_match": sum(1 for r in res if r)}
+
+
+def bench_memory(args: argparse.Namespace, bases: list[TmkFeatures], device: torch.device) -> dict:
+    """The bank generated straight into (GPU) memory; level-1 and level-2 on the device."""
+    dtype = torch.float16 if args.store == "fp16" else torch.float32
+    row_bytes = 2 * bases[0].cos.size * (2 if args.store == "fp16" else 4)
+    need = args.items * row_bytes
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        if need + (8 << 30) > free:
+            raise SystemExit(f"bench_index: {args.items} {args.store} rows need {need / 2**30:.1f} GiB, "
+                             f"only {free / 2**30:.1f} GiB free on {torch.cuda.get_device_name(device)}")
+    t0 = time.perf_counter()
+    rows = torch.empty((args.items, 2, *bases[0].cos.shape), dtype=dtype, device=device)
+    unit = np.empty((args.items, bases[0].params.dim), np.float32)
+    for s, avg, r in generate(bases, args.items, args.near_fraction, args.seed, device, dtype):
+        rows[s:s + len(r)] = r
+        unit[s:s + len(r)] = avg / np.linalg.norm(avg, axis=1, keepdims=True)
+        if s % (args.items // 10 or 1) < 4096:
+            log(f"generated {s + len(r)}/{args.items}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    gen_s = time.perf_counter() - t0
+    names = [f"syn-{i:07d}" for i in range(args.items)]
+    ix = VideoIndex.in_memory(names, unit, rows, bases[0].params, device, batch_rows=args.batch_rows)
+    strengths = mixed_strengths(args.items, args.near_fraction, args.seed)
+    near, far = np.nonzero(strengths < 1)[0], np.nonzero(strengths >= 1)[0]
+    needles = needles_from(ix, lambda i: (unit[i], rows[i]), near, far, args.needles, args.seed, names)
+    t0 = time.perf_counter()
+    ix.query(needles[:8], args.c1, args.c2)           # warm-up: CUDA context, kernels, search structures
+    warm = time.perf_counter() - t0
+    out = {"mode": "in-memory", "device": str(device), "items": args.items, "store": args.store,
+           "generate_seconds": round(gen_s, 2), "warmup_seconds": round(warm, 2),
+           "one_needle": timed_query(ix, needles[:1], args.c1, args.c2),
+           "batch": timed_query(ix, needles, args.c1, args.c2)}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
+def bench_disk(args: argparse.Namespace, bases: list[TmkFeatures], device: torch.device) -> dict:
+    work = Path(args.workdir)
+    files = make_bank_files(bases, work / f"bank-{args.items}-{args.seed}", args.items, args.near_fraction,
+                            args.seed)
+    out: dict = {"mode": "disk", "device": str(device), "items": args.items, "store": args.store,
+                 "coarse": args.coarse, "shards": args.shards, "torch_threads": torch.get_num_threads()}
+    ix_path = work / f"index-{args.items}-{args.store}-{args.coarse}"
+    if not (args.reuse and (ix_path / "MANIFEST.json").exists()):
+        shutil.rmtree(ix_path, ignore_errors=True)
+        ix = VideoIndex.create(ix_path, shards=args.shards, coarse=args.coarse, store=args.store, device="cpu")
+        log(f"adding {len(files)} files")
+        t0 = time.perf_counter()
+        ix.add_paths(files)
+        dt = time.perf_counter() - t0
+        out["add"] = {"files": len(files), "seconds": round(dt, 2), "files_per_s": round(len(files) / dt, 1)}
+    info = VideoIndex(ix_path, device="cpu").info()
+    out["bytes_per_hash"] = info["bytes_per_item"]
+    needle = bases[0]
+    del info
+    for c2 in (0.0, 0.7):                               # one needle, every item scored at level-2
+        rss0 = rss_anon()
+        t0 = time.perf_counter()
+        ix = VideoIndex(ix_path, device=device, batch_rows=args.batch_rows)
+        res = ix.query([needle], -1.0, c2)
+        dt = time.perf_counter() - t0
+        ref = args.items * REF_MS_PER_PAIR / 1000 + args.items / 10000 * REF_LOAD_S_PER_10K
+        out[f"one_needle_c1=-1_c2={c2}"] = {
+            "seconds_open_and_query": round(dt, 3), "level2_scored": ix.last_stats.scored,
+            "matches": len(res[0]), "reference_seconds": round(ref, 1), "speedup": round(ref / dt, 1),
+            "rss_anon_bytes_per_hash": round((rss_anon() - rss0) / args.items)}
+        del ix
+    t0 = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "engine.cli", "query", str(ix_path), str(files[0]), "--c1", "-1",
+                          "--c2", "0", "--device", str(device.type)], cwd=REPO, capture_output=True, text=True)
+    out["cli_one_needle_c1=-1_c2=0"] = {"seconds_process": round(time.perf_counter() - t0, 2),
+                                        "lines": len(cli.stdout.splitlines()), "rc": cli.returncode}
+    ix = VideoIndex(ix_path, device=device, batch_rows=args.batch_rows)
+    strengths = mixed_strengths(args.items, args.near_fraction, args.seed)
+    near, far = np.nonzero(strengths < 1)[0], np.nonzero(strengths >= 1)[0]
+    bank = {}
+
+    def rows_of(i: int):
+        if i not in bank:
+            bank[i] = read_many([files[i]])[0]
+        f = bank[i]
+        return unit_average(f.avg), torch.from_numpy(np.stack([f.cos, f.sin]))
+
+    needles = needles_from(ix, rows_of, near, far, args.needles, args.seed, [p.stem for p in files])
+    out["batch"] = timed_query(ix, needles, args.c1, args.c2)
+    if args.ivf_recall:
+        out["ivf"] = ivf_recall(args, files, ix, needles, work)
+    return out
+
+
+def ivf_recall(args: argparse.Namespace, files: list[Path], flat: VideoIndex, needles: list[TmkFeatures],
+               work: Path) -> dict:
+    """Share of the flat index's matches that IVF-Flat finds, per nprobe (level-1 is the only difference)."""
+    path = work / f"index-{args.items}-fp16-ivf"
+    if not (args.reuse and (path / "MANIFEST.json").exists()):
+        shutil.rmtree(path, ignore_errors=True)
+        VideoIndex.create(path, shards=args.shards, coarse="ivf", store="fp16", device="cpu").add_paths(files)
+    want = {(m.needle, m.id) for ms in flat.query(needles, args.c1, args.c2) for m in ms}
+    nlist = VideoIndex(path, device="cpu").manifest.ivf_nlist
+    out: dict = {"nlist_per_shard": nlist, "flat_matches": len(want), "by_nprobe": {}}
+    for nprobe in (1, 2, 4, 8, 16, 32):
+        ix = VideoIndex(path, device="cpu", nprobe=nprobe)
+        t0 = time.perf_counter()
+        got = {(m.needle, m.id) for ms in ix.query(needles, args.c1, args.c2) for m in ms}
+        out["by_nprobe"][nprobe] = {"recall": round(len(got & want) / max(len(want), 1), 4),
+                                    "seconds": round(time.perf_counter() - t0, 3)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda: in-memory bank on the GPU)")
+    ap.add_argument("--items", type=int, default=20000)
+    ap.add_argument("--store", choices=["fp32", "fp16"], default="fp32")
+    ap.add_argument("--coarse", choices=["flat", "ivf"], default="flat")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--needles", type=int, default=100, help="needles in the batch query")
+    ap.add_argument("--c1", type=float, default=0.7)
+    ap.add_argument("--c2", type=float, default=0.7)
+    ap.add_argument("--near-fraction", type=float, default=0.002)
+    ap.add_argument("--batch-rows", type=int, default=None, help="level-2 rows per batch (512 CPU, 4096 GPU)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads")
+    ap.add_argument("--memory", action="store_true", help="in-memory bank also on CPU")
+    ap.add_argument("--ivf-recall", action="store_true", help="also build an ivf index and measure recall")
+    ap.add_argument("--reuse", action="store_true", help="reuse indexes already built in --workdir")
+    ap.add_argument("--workdir", default="/tmp/vmatch-bench")
+    ap.add_argument("--ref", help="folder of real .tmk hashes to perturb")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.batch_rows = args.batch_rows or (4096 if device.type == "cuda" else 512)
+    bases = load_bases(args.ref)
+    t0 = time.perf_counter()
+    out = bench_memory(args, bases, device) if (device.type == "cuda" or args.memory) else \
+        bench_disk(args, bases, device)
+    out.update({"near_fraction": args.near_fraction, "seed": args.seed, "total_seconds":
+                round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()})
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
