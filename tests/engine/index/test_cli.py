@@ -1,0 +1,71 @@
+"""`vmatch index ...`, `vmatch query`, `vmatch cluster`: output formats and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.cli import main
+from tests.engine.index.conftest import passing
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def cli_index(tmp_path, ref_tmks, capsys):
+    ix = str(tmp_path / "ix")
+    assert _run(capsys, "index", "create", ix, "--shards", "3", "--store", "fp32")[0] == 0
+    rc, _, err = _run(capsys, "index", "add", ix, str(next(iter(ref_tmks.values())).parent))
+    assert rc == 0 and "added 16 items" in err
+    return ix
+
+
+def test_info_query_and_cluster_output(cli_index, ref_tmks, real_full, capsys):
+    rc, out, _ = _run(capsys, "index", "info", cli_index)
+    info = json.loads(out)
+    assert rc == 0 and (info["count"], info["shards"], info["coarse"], info["store"], info["format_version"]) == \
+        (16, 3, "flat", "fp32", 1)
+    needle = "chair-19-sd-bar"
+    rc, out, _ = _run(capsys, "query", cli_index, str(ref_tmks[needle]))
+    rows = [line.split("\t") for line in out.splitlines()]
+    want = passing(real_full, 0.7, 0.7)[needle]
+    assert rc == 0 and {r[3] for r in rows} == set(want) and all(r[2] == needle for r in rows)
+    for l1, l2, _, match in rows:
+        assert len(l1.split(".")[1]) == 6 and abs(float(l2) - want[match][1]) <= 1e-6
+    assert [float(r[1]) for r in rows] == sorted((float(r[1]) for r in rows), reverse=True)
+    rc, out, _ = _run(capsys, "query", cli_index, str(ref_tmks[needle]), "--c1", "-1", "--c2", "0", "--top", "3",
+                      "--format", "jsonl")
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert len(recs) == 3 and recs[0]["id"] == needle and len(recs[1]["offsets"]) == 4
+    rc, out, _ = _run(capsys, "cluster", cli_index)
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert rc == 0 and [(c, s) for c, s, _ in lines].count(("0", "8")) == 8 and len(lines) == 12
+    rc, out, _ = _run(capsys, "cluster", cli_index, "--format", "jsonl", "--min-size", "5")
+    assert [json.loads(line)["size"] for line in out.splitlines()] == [8]
+
+
+def test_remove_then_query(cli_index, ref_tmks, capsys):
+    assert _run(capsys, "index", "remove", cli_index, "chair-20-sd-bar")[0] == 0
+    _, out, _ = _run(capsys, "query", cli_index, str(ref_tmks["chair-19-sd-bar"]))
+    assert "chair-20-sd-bar" not in out and out
+    assert json.loads(_run(capsys, "index", "info", cli_index)[1])["count"] == 15
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["index", "add", "{ix}", "{tmk}/chair-19-sd-bar.tmk"], "already in the index; nothing was added"),
+    (["index", "add", "{ix}", "{tmp}/missing.tmk"], "missing.tmk: no such file"),
+    (["index", "remove", "{ix}", "nope"], "no such id"),
+    (["query", "{tmp}/nothere", "{tmk}/chair-19-sd-bar.tmk"], "no such index"),
+    (["query", "{ix}", "{tmp}/bad.tmk"], "bad.tmk: not a TMK file"),
+    (["index", "create", "{ix}"], "already exists"),
+])
+def test_bad_input_is_one_line_on_stderr(cli_index, ref_tmks, tmp_path, capsys, argv, message):
+    (tmp_path / "bad.tmk").write_bytes(b"NOPE" * 20)
+    subs = {"ix": cli_index, "tmk": str(next(iter(ref_tmks.values())).parent), "tmp": str(tmp_path)}
+    rc, out, err = _run(capsys, *[a.format(**subs) for a in argv])
+    assert rc != 0 and not out
+    assert len(err.splitlines()) == 1 and err.startswith("vmatch: ") and message in err, err
