@@ -1,0 +1,96 @@
+"""Starting or joining Ray for vmatch: local by default (offline, no dashboard), or a cluster."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+#: Defaults of the `ray:` config section (configs/default.yaml and configs/cluster.yaml override them).
+RAY_DEFAULTS: dict[str, Any] = {
+    "address": None,          # None: start a local Ray; "auto" or "host:port": join that cluster
+    "num_cpus": None,         # local start: CPUs Ray may use (None: all of this machine's)
+    "num_gpus": None,         # local start: GPUs Ray may use (None: all visible)
+    "namespace": "vmatch",
+    "decode_actors": None,    # hash/decode actors (None: one per CPU in the cluster)
+    "cpus_per_actor": 1.0,    # CPUs reserved by each decode actor
+    "gpus_per_worker": 0.25,  # GPU share of each GPU feature actor (0: compute features in the decode actors)
+    "feature_actors": None,   # GPU feature actors (None: total GPUs / gpus_per_worker)
+    "torch_threads": 1,       # intra-op threads per actor (more threads stall on busy CPUs)
+    "timeout_s": None,        # per-video limit (None: hash.timeout_s); a worker past it is killed
+    "kill_grace_s": 30.0,     # extra time before the driver kills a worker stuck past timeout_s
+    "max_attempts": 3,        # a video whose worker dies this many times is recorded as failed
+    "inflight_per_actor": 1,  # tasks queued per actor (1: the per-video timeout is exact)
+    "index_batch": 256,       # videos per index commit
+    "ledger_commit_s": 1.0,   # at most this long between ledger commits of finished videos
+    "query_gpus_per_shard": 1.0,  # sharded query: GPU per shard actor where GPUs exist
+    "query_batch": 256,       # sharded query: needles sent to the shard actors per batch
+}
+
+
+class ClusterError(RuntimeError):
+    """Ray could not be started or joined; str() is one line."""
+
+
+def ray_config(section: dict[str, Any]) -> dict[str, Any]:
+    """The `ray:` section over RAY_DEFAULTS; unknown keys are an error."""
+    unknown = set(section) - set(RAY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"config: ray: unknown keys {sorted(unknown)}")
+    return {**RAY_DEFAULTS, **section}
+
+
+@dataclass
+class RaySession:
+    """What `connect` did: whether it started Ray (and so must stop it) and the cluster's resources."""
+
+    started: bool
+    address: str
+    cpus: float
+    gpus: float
+
+    def close(self) -> None:
+        import ray
+
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+            namespace: str = "vmatch") -> RaySession:
+    """Join `address` ("auto", "host:port", "ray://host:port"), or start a local Ray.
+
+    A local start needs no network (usage stats off, dashboard off, logs kept in Ray's
+    session folder). If Ray is already initialised in this process it is used as is.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    import ray
+
+    if ray.is_initialized():
+        return _session(False)
+    kw: dict[str, Any] = {"namespace": namespace, "logging_level": logging.ERROR, "log_to_driver": False,
+                          "configure_logging": True}
+    if address in (None, "", "local"):
+        kw.update(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+        if num_gpus is not None:
+            kw["num_gpus"] = num_gpus
+        where = "a local Ray instance"
+    else:
+        kw["address"] = address
+        where = f"the Ray cluster at {address}"
+    try:
+        ray.init(**kw)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"cannot start or join {where}: {first}") from None
+    return _session(True)
+
+
+def _session(started: bool) -> RaySession:
+    import ray
+
+    res = ray.cluster_resources()
+    ctx = ray.get_runtime_context()
+    addr = getattr(ctx, "gcs_address", "") or ""
+    return RaySession(started, str(addr), float(res.get("CPU", 0)), float(res.get("GPU", 0)))
