@@ -8,6 +8,10 @@ yes/no, match/nonmatch (also non-match, no-match). Blank lines and lines startin
 Groups folder: every sub-folder is one group; all ``.tmk`` and video files inside it (recursively)
 show the same content. Every pair inside a group is a match and every pair across groups a
 non-match. Files directly in the top folder (a pairs CSV, notes) and hidden files are ignored.
+Pairs are tagged ``same-group`` / ``cross-group``; when files follow the naming of
+scripts/make_transform_corpus.py (``<stem>__<edit>.<ext>``), they are tagged by edit instead: the
+edit for an edited file against an unedited one or for two files with the same edit, ``original``
+for two unedited files, ``mixed-edits`` otherwise (see ``edit_tag``).
 
 Errors are LabelError, whose text is one line ``<file>[:<line>]: <reason>``.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -156,6 +161,21 @@ def load_pairs_csv(path: str | os.PathLike[str]) -> LabelledSet:
     return _require_both(lset)
 
 
+def edit_of(path: Path) -> str | None:
+    """The edit named in a ``<stem>__<edit>`` file name, else None."""
+    m = re.search(r"__([^_][^/]*)$", path.stem)
+    return m.group(1) if m else None
+
+
+def edit_tag(a: str | None, b: str | None) -> str:
+    """Tag of a pair by the edits of its two files (None = unedited)."""
+    if a is None and b is None:
+        return "original"
+    if a is None or b is None or a == b:
+        return a or b or ""
+    return "mixed-edits"
+
+
 def load_groups(path: str | os.PathLike[str]) -> LabelledSet:
     """Read a folder of groups: all within-group pairs match, all cross-group pairs do not."""
     path = Path(path)
@@ -175,6 +195,10 @@ def load_groups(path: str | os.PathLike[str]) -> LabelledSet:
         raise LabelError(path, f"need at least two group sub-folders holding .tmk or video files "
                                f"(found {len(groups)})")
     owner = {i: gi for gi, members in enumerate(groups) for i in members}
+    edits = [edit_of(p) for p in lset.items]
+    by_edit = any(e is not None for e in edits)
     for i, j in combinations(range(len(lset.items)), 2):
-        lset.pairs.append(Pair(i, j, owner[i] == owner[j], "same-group" if owner[i] == owner[j] else "cross-group"))
+        same = owner[i] == owner[j]
+        tag = edit_tag(edits[i], edits[j]) if by_edit else "same-group" if same else "cross-group"
+        lset.pairs.append(Pair(i, j, same, tag))
     return _require_both(lset)

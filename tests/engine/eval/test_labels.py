@@ -61,7 +61,22 @@ def test_groups(tmp_path):
     (tmp_path / "pairs.csv").write_text("ignored at top level")
     s = load_groups(tmp_path)
     assert [s.display(i) for i in range(len(s.items))] == ["g1/a.tmk", "g1/b.mp4", "g2/c.tmk"]
-    assert [(q.a, q.b, q.label) for q in s.pairs] == [(0, 1, True), (0, 2, False), (1, 2, False)]
+    assert [(q.a, q.b, q.label, q.transform) for q in s.pairs] == [
+        (0, 1, True, "same-group"), (0, 2, False, "cross-group"), (1, 2, False, "cross-group")]
+
+
+def test_groups_tagged_by_edit_names(tmp_path):
+    for g, names in {"g1": ["a.mp4", "a__hflip.mp4", "a__logo.mp4"], "g2": ["b.mp4", "b__logo.mp4"]}.items():
+        (tmp_path / g).mkdir()
+        for n in names:
+            (tmp_path / g / n).write_bytes(b"")
+    s = load_groups(tmp_path)
+    tags = {(s.display(q.a), s.display(q.b)): (q.label, q.transform) for q in s.pairs}
+    assert tags[("g1/a.mp4", "g1/a__hflip.mp4")] == (True, "hflip")
+    assert tags[("g1/a__hflip.mp4", "g1/a__logo.mp4")] == (True, "mixed-edits")
+    assert tags[("g1/a__logo.mp4", "g2/b__logo.mp4")] == (False, "logo")
+    assert tags[("g1/a.mp4", "g2/b.mp4")] == (False, "original")
+    assert tags[("g1/a.mp4", "g2/b__logo.mp4")] == (False, "logo")
 
 
 def test_groups_errors(tmp_path):
