@@ -21,6 +21,7 @@ class HashConfig:
     chunk_frames: int = 256
     timeout_s: float | None = 600.0
     fast_exact_below: float = 32.0
+    torch_threads: int | None = 1
 
 
 @dataclass

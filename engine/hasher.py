@@ -46,11 +46,15 @@ class VideoHasher:
 
     def __init__(self, params: TmkParams = DEFAULT_PARAMS, mode: str = "auto", device: str | torch.device = "auto",
                  chunk_frames: int = 256, timeout_s: float | None = None, backend: str = "auto",
-                 fast_exact_below: float = 32.0) -> None:
+                 fast_exact_below: float = 32.0, torch_threads: int | None = None) -> None:
         self.params = params
         self.device = resolve_device(device)
         if self.device.type == "cuda":
             strict_float()
+        if torch_threads:
+            # process-wide: the kernels' tensors are small, so extra intra-op threads mostly
+            # spin against the decoding thread on small machines
+            torch.set_num_threads(torch_threads)
         self.mode = resolve_mode(mode, self.device)
         self.chunk_frames, self.timeout_s, self.backend = chunk_frames, timeout_s, backend
         self.fast_exact_below = fast_exact_below

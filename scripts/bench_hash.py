@@ -42,7 +42,11 @@ def main() -> int:
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (vmatch hash uses 1)")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     videos = list(args.videos)
     tmp = tempfile.TemporaryDirectory()
     if args.make_720p:

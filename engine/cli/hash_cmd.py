@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         hasher = VideoHasher(mode=args.mode or cfg.mode, device=args.device or cfg.device,
                              chunk_frames=cfg.chunk_frames, timeout_s=args.timeout or cfg.timeout_s,
-                             backend=args.backend or cfg.backend, fast_exact_below=cfg.fast_exact_below)
+                             backend=args.backend or cfg.backend, fast_exact_below=cfg.fast_exact_below,
+                             torch_threads=cfg.torch_threads)
     except (RuntimeError, ValueError) as e:
         raise CliError(str(e), 2) from None
     failures = 0
