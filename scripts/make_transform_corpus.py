@@ -7,9 +7,10 @@ Writes, for every source video S of content family F (default: each source is it
 
 * ``DIR/F/S.<ext>``: a copy of the source, and ``DIR/F/S__<transform>.mp4`` for each edit;
 * ``DIR/pairs.csv`` (``a,b,label,transform``, paths relative to DIR), for ``vmatch eval --pairs``:
-  each edit against its source (label 1, transform = the edit), each edit against the sources
-  of every other family (label 0, transform = the edit), sources of one family against each
-  other (label 1, ``same-family``) and sources of different families (label 0, ``original``);
+  each edit against its source (label 1, transform = the edit); each edit against the sources
+  of every other family, and against the same edit of every other family (label 0, transform =
+  the edit); sources of one family against each other (label 1, ``same-family``) and sources
+  of different families (label 0, ``original``);
 * ``DIR/corpus.json``: the sources, families, the exact ffmpeg arguments of each edit, timings.
 
 DIR itself is also a groups folder for ``vmatch eval --groups DIR`` (one sub-folder per family).
@@ -151,13 +152,16 @@ def pairs_rows(done: dict[tuple[str, str], Path], sources: list[Source], origina
                transforms: list[str]) -> list[tuple[str, str, int, str]]:
     """Labelled pairs over what exists (relative paths); see the module docstring."""
     rows = []
-    for s in sources:
+    for i, s in enumerate(sources):
         for t in transforms:
             v = done.get((s.stem, t))
             if v is None:
                 continue
             rows.append((originals[s.stem], v, 1, t))
             rows += [(v, originals[u.stem], 0, t) for u in sources if u.family != s.family]
+            # the same edit on different content: shared bars, boxes or corners must not make a match
+            rows += [(v, done[(u.stem, t)], 0, t) for u in sources[i + 1:]
+                     if u.family != s.family and (u.stem, t) in done]
     for i, s in enumerate(sources):
         for u in sources[i + 1:]:
             same = s.family == u.family

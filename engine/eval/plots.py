@@ -46,7 +46,8 @@ def roc(scores: Mapping[str, np.ndarray], labels: np.ndarray, points: Mapping[st
                 px, py = points[name]
                 ax.plot(max(px, 0.5 / nneg) if log else px, py, "o", color=_COLORS.get(name), ms=6, mec="k")
         if target_fpr and log:
-            ax.axvline(target_fpr, color="k", ls=":", lw=1, label=f"target FPR {target_fpr:g}")
+            ax.axvline(target_fpr, color="k", ls=":", lw=1)
+            ax.text(target_fpr, 0.02, f" target FPR {target_fpr:g}", fontsize=7)
         ax.set_xlabel("false-positive rate" + (" (log; 0 drawn at 1/(2·non-matches))" if log else ""))
         ax.set_ylabel("true-positive rate")
         ax.set_ylim(-0.02, 1.02)
@@ -57,7 +58,6 @@ def roc(scores: Mapping[str, np.ndarray], labels: np.ndarray, points: Mapping[st
             ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=7)
-    axes[1].legend(loc="lower right", fontsize=7)
     fig.suptitle("ROC (dots: the operating point)", fontsize=10)
     return _save(fig, path)
 
@@ -113,16 +113,18 @@ def scatter(level1: np.ndarray, level2: np.ndarray, labels: np.ndarray, c1: floa
     a, b = metrics.clean_scores(level1), metrics.clean_scores(level2)
     fin = np.isfinite(a) & np.isfinite(b)
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    ax.scatter(a[fin & ~y], b[fin & ~y], s=6, c=NONMATCH, alpha=0.5, lw=0, label="non-match")
-    ax.scatter(a[fin & y], b[fin & y], s=8, c=MATCH, alpha=0.7, lw=0, label="match")
+    # matches first: the non-matches drawn on top stay visible where the two overlap
+    ax.scatter(a[fin & y], b[fin & y], s=8, c=MATCH, alpha=0.5, lw=0, label="match")
+    ax.scatter(a[fin & ~y], b[fin & ~y], s=7, c="#404040", alpha=0.6, lw=0, label="non-match")
     ax.axvline(c1, color="k", ls="--", lw=1)
     ax.axhline(c2, color="k", ls="--", lw=1)
     ax.fill_between([c1, 1.02], c2, 1.02, color="#2ca02c", alpha=0.08, label=f"accepted (c1={c1:g}, c2={c2:g})")
     ax.set_xlabel("level-1 (cosine of pure averages)")
     ax.set_ylabel("level-2 (TMK kernel)")
-    lo = min(float(a[fin].min()) if fin.any() else 0.0, float(b[fin].min()) if fin.any() else 0.0, 0.0)
-    ax.set_xlim(lo - 0.02, 1.02)
-    ax.set_ylim(min(lo, 0.0) - 0.02, 1.02)
+    lo1 = min(float(a[fin].min()), 0.0) if fin.any() else 0.0
+    lo2 = min(float(b[fin].min()), 0.0) if fin.any() else 0.0
+    ax.set_xlim(lo1 - 0.02, 1.02)
+    ax.set_ylim(lo2 - 0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title("Level-1 vs level-2 by label", fontsize=10)

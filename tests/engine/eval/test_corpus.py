@@ -67,7 +67,9 @@ def test_corpus_layout_pairs_and_eval(corpus_mod, sources, tmp_path, capsys):
     assert ("bars/bars-a.mp4", "bars/bars-c.mp4", "same-family") in pos
     neg = [r for r in rows if r["label"] == "0"]
     assert all(r["a"].split("/")[0] != r["b"].split("/")[0] for r in neg)
-    assert len(pos) == 3 * 3 + 1 and len(neg) == 3 * (2 * 1 + 1 * 2) + 2
+    assert ("bars/bars-a__hflip.mp4", "zoom/zoom-b__hflip.mp4", "0", "hflip") in {
+        (r["a"], r["b"], r["label"], r["transform"]) for r in neg}
+    assert len(pos) == 3 * 3 + 1 and len(neg) == 3 * (2 * 1 + 1 * 2 + 2) + 2
     manifest = json.loads((out / "corpus.json").read_text())
     assert manifest["transforms"]["hflip"]["ffmpeg_args"] == ["-vf", "hflip"]
     # resume: nothing re-encoded
