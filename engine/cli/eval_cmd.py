@@ -65,11 +65,16 @@ def _settings(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from engine.decode import DecodeError
-    from engine.eval import labels, pipeline, report
+    from engine.eval import labels, pipeline, plots, report
     from engine.scoring import IncompatibleError, Scorer
     from engine.tmkfile import TmkFormatError
 
     cfg, ev = _settings(args)
+    if ev.plots:
+        try:
+            plots.require()
+        except plots.PlotsUnavailable as e:
+            raise CliError(str(e), 2) from None
     t0 = time.monotonic()
     try:
         lset = labels.load_pairs_csv(args.pairs) if args.pairs else labels.load_groups(args.groups)
@@ -122,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
                 "seconds_scoring": round(t_score, 3)})
     try:
         page = report.write_report(out, lset, scores, summary, plots=ev.plots)
+    except plots.PlotsUnavailable as e:
+        raise CliError(str(e), 2) from None
     except OSError as e:
         raise CliError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
     _print_summary(summary, page)

@@ -14,7 +14,21 @@ _LABELS = {"level1": "level-1", "level2": "level-2", "two_level": "two-level (c1
 MATCH, NONMATCH = "#d62728", "#7f7f7f"
 
 
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def require() -> None:
+    """Raise PlotsUnavailable now rather than after the scoring."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotsUnavailable("matplotlib is not installed (pip install matplotlib), "
+                               "or pass --no-plots") from None
+
+
 def _plt():
+    require()
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,10 @@ def test_index_option(ref_tmks, family_pairs_csv, tmp_path, capsys):
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["inputs"]["from_index"] == 3
     assert (s["operating_point"]["tp"], s["operating_point"]["fp"]) == (32, 0)
+
+
+def test_missing_matplotlib_is_one_line(family_pairs_csv, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, _, err = run_eval(capsys, "--pairs", str(family_pairs_csv), "-o", str(tmp_path / "r"), "--device", "cpu")
+    assert code == 2 and err == "vmatch: matplotlib is not installed (pip install matplotlib), or pass --no-plots\n"
+    assert not (tmp_path / "r").exists()  # refused before any work
