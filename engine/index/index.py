@@ -131,6 +131,8 @@ class _Shard(_ShardBase):
         self.n = int(self.first[-1])
         d = m.params.dim
         self.l1 = np.concatenate([r.l1 for r in self.readers]) if self.readers else np.zeros((0, d), np.float32)
+        for r in self.readers:          # one resident copy of the level-1 vectors (plus faiss's)
+            r.l1 = self.l1[:0]
         self.ids: list[str] = [i for r in self.readers for i in r.ids]
         self.deleted = np.zeros(self.n, dtype=bool)
         for s, f in zip(segs, self.first):
@@ -157,12 +159,13 @@ class VideoIndex:
 
     def __init__(self, path: str | os.PathLike[str], device: str | torch.device = "auto",
                  verify_reads: bool = True, batch_rows: int = 512, nprobe: int | None = None,
-                 grid: int | None = None) -> None:
+                 grid: int | None = None, prefetch: int = 2) -> None:
         self.root = Path(path)
         self.device = resolve_device(device)
         if self.device.type == "cuda":
             strict_float()
         self.verify_reads, self.batch_rows, self._nprobe = verify_reads, batch_rows, nprobe
+        self.prefetch = max(1, prefetch)
         self.manifest = read_manifest(self.root)
         self.params = self.manifest.params
         self._scorer = PairScorer(self.params, self.device, **({"grid": grid} if grid else {}))
@@ -201,7 +204,7 @@ class VideoIndex:
         self.root, self.device = Path("<memory>"), resolve_device(device)
         if self.device.type == "cuda":
             strict_float()
-        self.verify_reads, self.batch_rows, self._nprobe = False, batch_rows, None
+        self.verify_reads, self.batch_rows, self._nprobe, self.prefetch = False, batch_rows, None, 1
         self.manifest = Manifest(params=params, shards=1)
         self.params = params
         self._scorer = PairScorer(params, self.device)
@@ -451,13 +454,13 @@ class VideoIndex:
                 rows = [torch.cat(rows)] if isinstance(rows[0], torch.Tensor) else [np.concatenate(rows)]
             return self._scorer.rows_to_device(rows[0])
 
-        # The next batch is read (page faults, CRC checks, float16 widening) while this one is scored.
-        with ThreadPoolExecutor(max_workers=1) as ex:
-            nxt = ex.submit(fetch, 0)
+        # The next batches are read (pread, CRC checks, float16 widening) while this one is scored.
+        with ThreadPoolExecutor(max_workers=self.prefetch) as ex:
+            ahead = [ex.submit(fetch, s) for s in firsts[:self.prefetch]]
             for b, s in enumerate(firsts):
-                rows = nxt.result()
-                if s + self.batch_rows < len(uniq):
-                    nxt = ex.submit(fetch, s + self.batch_rows)
+                rows = ahead.pop(0).result()
+                if b + self.prefetch < len(firsts):
+                    ahead.append(ex.submit(fetch, firsts[b + self.prefetch]))
                 pos = order[starts[b]:starts[b + 1]]
                 l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs

@@ -160,9 +160,8 @@ class SegmentReader:
             cols = json.loads(read_checked(root, seg.ids))
         except ValueError as e:
             raise IndexCorruptError(root / seg.ids.name, f"corrupt id table ({e})") from None
-        self.ids: list[str] = cols["id"]
-        self.cols = cols
-        self.row_crc = np.asarray(cols["row_crc32"], dtype=np.int64)
+        self.ids: list[str] = cols["id"]          # the other columns are not kept in memory
+        self.row_crc = np.asarray(cols["row_crc32"], dtype=np.uint32)
         self.row_shape = (2, params.num_periods, params.num_coeffs, d)
         dtype = np.dtype(STORE_DTYPES[store])
         spath = root / seg.store.name
