@@ -179,9 +179,9 @@ def two_level_for_fpr(level1: np.ndarray, level2: np.ndarray, labels: np.ndarray
     best: tuple[int, int, float, float] | None = None  # (tp, -fp, c1, c2)
     for c1 in cands:
         sel = a >= c1
-        neg2 = np.sort(b[sel & ~y])[::-1]
-        pos2 = b[sel & y]
-        floor2 = neg2[allowed] if len(neg2) > allowed else -np.inf  # c2 must be above this value
+        neg2, pos2 = b[sel & ~y], b[sel & y]
+        k = len(neg2) - allowed - 1  # c2 must be above the (allowed+1)-th highest non-match
+        floor2 = np.partition(neg2, k)[k] if k >= 0 else -np.inf
         ok = pos2[pos2 > floor2]
         if len(ok) == 0:
             continue
