@@ -64,10 +64,8 @@ def _settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.decode import DecodeError
     from engine.eval import labels, pipeline, plots, report
     from engine.scoring import IncompatibleError, Scorer
-    from engine.tmkfile import TmkFormatError
 
     cfg, ev = _settings(args)
     if ev.plots:
@@ -103,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     bar = Progress(len(lset.items), "signatures", "item")
     try:
         feats = pipeline.load_features(lset, store, bar)
-    except (DecodeError, TmkFormatError) as e:
+    except pipeline.ItemError as e:
         raise CliError(str(e)) from None
     finally:
         bar.close()

@@ -86,11 +86,26 @@ class FeatureStore:
         return feats
 
 
+class ItemError(Exception):
+    """An item that could not be read, hashed or cached; str() is one line ``<path>: <reason>``."""
+
+
 def load_features(lset: LabelledSet, store: FeatureStore, progress: ProgressLike | None = None) -> list[TmkFeatures]:
-    """Signatures of every item, in item order (videos hashed once each)."""
+    """Signatures of every item, in item order (videos hashed once each); ItemError on failure."""
+    from engine.decode import DecodeError
+    from engine.tmkfile import TmkFormatError
+
     out = []
     for p in lset.items:
-        out.append(store.get(p))
+        try:
+            out.append(store.get(p))
+        except (DecodeError, TmkFormatError) as e:  # already `<path>: <reason>`
+            raise ItemError(str(e)) from None
+        except OSError as e:
+            raise ItemError(f"{e.filename or p}: {e.strerror or e}") from None
+        except Exception as e:  # noqa: BLE001 - name the item, keep the CLI free of tracebacks
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ItemError(f"{p}: {type(e).__name__}: {first}".rstrip(": ")) from e
         if progress:
             progress.update(1)
     return out

@@ -150,3 +150,12 @@ def test_missing_matplotlib_is_one_line(family_pairs_csv, tmp_path, capsys, monk
     code, _, err = run_eval(capsys, "--pairs", str(family_pairs_csv), "-o", str(tmp_path / "r"), "--device", "cpu")
     assert code == 2 and err == "vmatch: matplotlib is not installed (pip install matplotlib), or pass --no-plots\n"
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_undecodable_video_is_one_line(ref, tmp_path, capsys):
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"not a video at all")
+    rows = [(fake, ref / "tmk" / "doorknob-hd-no-bar.tmk", 1, ""), (fake, ref / "tmk" / "pattern-hd-no-bar.tmk", 0, "")]
+    code, _, err = run_eval(capsys, "--pairs", str(write_pairs(tmp_path / "p.csv", rows)), "-o", str(tmp_path / "r"),
+                            "--device", "cpu", "--no-plots")
+    assert code == 1 and err.startswith(f"vmatch: {fake}: ") and err.count("\n") == 1, err
