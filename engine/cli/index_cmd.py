@@ -12,6 +12,7 @@ from engine.decode import DecodeError
 from engine.index import VideoIndex, VideoIndexError
 from engine.scoring import IncompatibleError
 from engine.tmkfile import TmkFormatError, iter_tmk_paths
+from kernels.params import TmkParams
 
 #: Defaults of the `index:` config section (configs/default.yaml overrides them).
 INDEX_DEFAULTS: dict[str, Any] = {
@@ -38,6 +39,14 @@ def cli_errors() -> Iterator[None]:
         raise CliError(str(e)) from None
     except RuntimeError as e:  # e.g. CUDA requested without a device
         raise CliError(str(e), 2) from None
+
+
+def make_hasher(cfg: Config, params: TmkParams, device: str | None):
+    """A VideoHasher configured from the `hash:` section (for videos given instead of .tmk files)."""
+    from engine.hasher import VideoHasher
+    h = cfg.hash
+    return VideoHasher(params, mode=h.mode, device=device or h.device, chunk_frames=h.chunk_frames,
+                       timeout_s=h.timeout_s, backend=h.backend, fast_exact_below=h.fast_exact_below)
 
 
 def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> VideoIndex:
@@ -95,12 +104,7 @@ def run_add(args: argparse.Namespace) -> int:
             raise CliError(f"{p}: no such file")
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
-        hasher = None
-        if any(p.suffix.lower() != ".tmk" for p in paths):
-            from engine.hasher import VideoHasher
-            h = cfg.hash
-            hasher = VideoHasher(ix.params, mode=h.mode, device=args.device or h.device, chunk_frames=h.chunk_frames,
-                                 timeout_s=h.timeout_s, backend=h.backend, fast_exact_below=h.fast_exact_below)
+        hasher = make_hasher(cfg, ix.params, args.device) if any(p.suffix.lower() != ".tmk" for p in paths) else None
         bar = Progress(len(paths), "index add", "file")
         try:
             n = ix.add_paths(paths, hasher=hasher, progress=bar.update, workers=ic["add_workers"])

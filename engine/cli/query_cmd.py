@@ -5,9 +5,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.cli.common import config_from
-from engine.cli.index_cmd import cli_errors, index_config, open_index
+from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
+from engine.config import Config
 from engine.index.needles import load_needles
 
 
@@ -37,27 +39,24 @@ def _thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
-def run_query(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> tuple[Config, dict[str, Any], float, float]:
     cfg = config_from(args)
     ic = index_config(cfg)
-    c1 = ic["c1"] if args.c1 is None else args.c1
-    c2 = ic["c2"] if args.c2 is None else args.c2
+    return cfg, ic, ic["c1"] if args.c1 is None else args.c1, ic["c2"] if args.c2 is None else args.c2
+
+
+def run_query(args: argparse.Namespace) -> int:
+    cfg, ic, c1, c2 = _settings(args)
     with cli_errors():
         ix = open_index(args, ic)
         hasher = None
 
         def hash_video(path: Path):
             nonlocal hasher
-            if hasher is None:
-                from engine.hasher import VideoHasher
-                h = cfg.hash
-                hasher = VideoHasher(ix.params, mode=h.mode, device=args.device or h.device,
-                                     chunk_frames=h.chunk_frames, timeout_s=h.timeout_s, backend=h.backend,
-                                     fast_exact_below=h.fast_exact_below)
+            hasher = hasher or make_hasher(cfg, ix.params, args.device)
             return hasher.hash(path)
 
-        needles = load_needles(args.needles, hash_video)
-        results = ix.query(needles, c1, c2, args.top)
+        results = ix.query(load_needles(args.needles, hash_video), c1, c2, args.top)
     out = sys.stdout
     for matches in results:
         for m in matches:
@@ -70,10 +69,7 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    cfg = config_from(args)
-    ic = index_config(cfg)
-    c1 = ic["c1"] if args.c1 is None else args.c1
-    c2 = ic["c2"] if args.c2 is None else args.c2
+    _, ic, c1, c2 = _settings(args)
     with cli_errors():
         groups = open_index(args, ic).clusters(c1, c2, args.min_size, ic["cluster_batch"])
     out = sys.stdout
