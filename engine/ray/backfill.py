@@ -271,22 +271,35 @@ class Backfill:
         n = max(1, min(n, todo))
         settings = self._worker_settings(mode)
         self.features: list[Any] = []
-        if n_feat:
-            feat_cls = ray.remote(FeatureWorker).options(num_gpus=float(rc["gpus_per_worker"]), num_cpus=0,
-                                                         max_restarts=-1, max_task_retries=0)
-            self.features = [feat_cls.remote(self.opts.params, mode, self.opts.fast_exact_below, rc["torch_threads"])
-                             for _ in range(n_feat)]
-            try:
-                ray.get([f.ready.remote() for f in self.features])
-            except ray.exceptions.RayError as e:
-                raise BackfillError(f"cannot start GPU feature workers: {_first_line(e)}") from None
         self.summary.workers, self.summary.feature_workers = n, n_feat
-        self._t_work = time.monotonic()
         self._actor_cls = ray.remote(HashWorker).options(num_cpus=cpa, max_restarts=0, max_task_retries=0)
         self._settings_ref = settings
         slots = [_Slot(i) for i in range(n)]
-        for sl in slots:
-            self._start(sl)
+        try:
+            if n_feat:
+                feat_cls = ray.remote(FeatureWorker).options(num_gpus=float(rc["gpus_per_worker"]), num_cpus=0,
+                                                             max_restarts=-1, max_task_retries=0)
+                self.features = [feat_cls.remote(self.opts.params, mode, self.opts.fast_exact_below,
+                                                 rc["torch_threads"]) for _ in range(n_feat)]
+                try:
+                    ray.get([f.ready.remote() for f in self.features], timeout=600)
+                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+                    raise BackfillError(f"cannot start GPU feature workers: {_first_line(e)}") from None
+            self._t_work = time.monotonic()
+            for sl in slots:
+                self._start(sl)
+            self._loop(run, slots, settings)
+        finally:  # free the cluster's resources even when the run is interrupted
+            for a in [sl.actor for sl in slots if sl.actor is not None] + self.features:
+                try:
+                    ray.kill(a, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+
+    def _loop(self, run: int, slots: list[_Slot], settings: dict[str, Any]) -> None:
+        import ray
+
+        n, rc = len(slots), self.rc
         items: Iterator[Item] = self.ledger.pending(run)
         retry: deque[Item] = deque()
         exhausted = False
