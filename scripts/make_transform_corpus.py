@@ -11,7 +11,7 @@ Writes, for every source video S of content family F (default: each source is it
   of every other family, and against the same edit of every other family (label 0, transform =
   the edit); sources of one family against each other (label 1, ``same-family``) and sources
   of different families (label 0, ``original``);
-* ``DIR/corpus.json``: the sources, families, the exact ffmpeg arguments of each edit, timings.
+* ``DIR/corpus.json``: the sources, families, the exact ffmpeg arguments of each edit, encode times.
 
 DIR itself is also a groups folder for ``vmatch eval --groups DIR`` (one sub-folder per family).
 Sources that show the same content under different names (the reference samples ``chair-19-...``,
@@ -38,7 +38,7 @@ from pathlib import Path
 
 PROG = "make_transform_corpus"
 
-#: name -> (description, ffmpeg output arguments). {d} is the source duration in seconds.
+#: name -> (description, ffmpeg output arguments); {trim_start} / {trim_len} derive from the source duration.
 #: Filters keep frame sizes even (yuv420p); every output is H.264 without audio.
 TRANSFORMS: dict[str, tuple[str, list[str]]] = {
     "reencode-lowbr": ("re-encoded at 100 kb/s", ["-b:v", "100k", "-maxrate", "100k", "-bufsize", "200k"]),
@@ -226,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
         for t in transforms:
             jobs.append((s, t, out / s.family / f"{s.stem}__{t}.mp4"))
     done: dict[tuple[str, str], Path] = {}
-    seconds: dict[str, float] = {t: 0.0 for t in transforms}
+    try:  # encode times of variants kept from an earlier run
+        timings: dict[str, float] = json.loads((out / "corpus.json").read_text()).get("variants", {})
+    except (OSError, ValueError, AttributeError):
+        timings = {}
     todo = [(s, t, p) for s, t, p in jobs if args.force or not p.exists()]
     for s, t, p in jobs:
         if (s, t, p) not in todo:
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
             s, t, p = futs[f]
             try:
                 secs = f.result()
-                seconds[t] += secs
+                timings[p.relative_to(out).as_posix()] = round(secs, 2)
                 done[(s.stem, t)] = p.relative_to(out)
                 print(f"[{k}/{len(todo)}] {p.relative_to(out)} ({secs:.1f} s)", file=sys.stderr, flush=True)
             except CorpusError as e:
@@ -258,9 +261,12 @@ def run(args: argparse.Namespace) -> int:
         "sources": [{"path": str(s.path), "family": s.family, "duration_s": s.duration,
                      "copy": originals[s.stem].as_posix()} for s in sources],
         "transforms": {t: {"description": TRANSFORMS[t][0], "ffmpeg_args": TRANSFORMS[t][1],
-                           "encode_seconds": round(seconds[t], 2)} for t in transforms},
+                           "encode_seconds": round(sum(timings.get(v.as_posix(), 0.0)
+                                                       for (_, tt), v in done.items() if tt == t), 2)}
+                       for t in transforms},
+        "variants": {v.as_posix(): timings.get(v.as_posix()) for v in sorted(done.values())},
         "pairs": {"total": len(rows), "matches": sum(r[2] for r in rows)},
-        "wall_seconds": round(time.monotonic() - t0, 2),
+        "wall_seconds_this_run": round(time.monotonic() - t0, 2),
     }
     (out / "corpus.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{PROG}: {len(done)} variants, {len(rows)} pairs ({manifest['pairs']['matches']} matches) in "

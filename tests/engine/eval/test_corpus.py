@@ -72,8 +72,10 @@ def test_corpus_layout_pairs_and_eval(corpus_mod, sources, tmp_path, capsys):
     assert len(pos) == 3 * 3 + 1 and len(neg) == 3 * (2 * 1 + 1 * 2 + 2) + 2
     manifest = json.loads((out / "corpus.json").read_text())
     assert manifest["transforms"]["hflip"]["ffmpeg_args"] == ["-vf", "hflip"]
-    # resume: nothing re-encoded
+    assert manifest["variants"]["bars/bars-a__hflip.mp4"] > 0
+    # resume: nothing re-encoded, encode times kept
     assert corpus_mod.main(argv) == 0 and "0 to encode" in capsys.readouterr().err
+    assert json.loads((out / "corpus.json").read_text())["variants"] == manifest["variants"]
 
     rep = tmp_path / "rep"
     assert vmatch(["eval", "--pairs", str(out / "pairs.csv"), "-o", str(rep), "--no-plots", "--device", "cpu"]) == 0
