@@ -69,7 +69,7 @@ def test_resume_after_kill_9_of_the_driver(ref_dir, ref_tmks, bad_files, tmp_pat
             pass
     killed_at = _done(out / "backfill.ledger.sqlite")
     assert 3 <= killed_at < len(videos)
-    r = vm(*args, "-q", "--summary-json", tmp_path / "s.json")
+    r = vm(*args, "--summary-json", tmp_path / "s.json")
     assert r.returncode == 1, r.stderr                        # the garbage file failed
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("vmatch: ")]
