@@ -94,6 +94,7 @@ class _Pairs:
 
 class _ShardBase:
     n: int
+    first: np.ndarray        # first shard row of each segment, then n
     ids: list[str]
     l1: np.ndarray
     deleted: np.ndarray
@@ -112,6 +113,7 @@ class _MemoryShard(_ShardBase):
     def __init__(self, ids: Sequence[str], l1: np.ndarray, rows: torch.Tensor, device: torch.device) -> None:
         self.ids, self.l1, self._rows = list(ids), np.ascontiguousarray(l1, dtype=np.float32), rows
         self.n = len(self.ids)
+        self.first = np.array([0, self.n], dtype=np.int64)
         self.deleted = np.zeros(self.n, dtype=bool)
         self.searcher = coarse_mod.build_searcher("flat", self.l1, device)
 
@@ -441,26 +443,31 @@ class VideoIndex:
             return l2, offs
         key = pairs.shard * (1 << 40) + pairs.row
         uniq, slot = np.unique(key, return_inverse=True)
-        order = np.argsort(slot, kind="stable")
-        starts = np.searchsorted(slot[order], np.arange(0, len(uniq) + self.batch_rows, self.batch_rows))
+        ush, urow = uniq >> 40, uniq & ((1 << 40) - 1)
         shards = self._state()
-        firsts = range(0, len(uniq), self.batch_rows)
+        # Batches never cross a segment, so a run of consecutive rows is one view of one map.
+        group = np.zeros(len(uniq), np.int64)
+        for si in np.unique(ush):
+            on = ush == si
+            group[on] = si * (1 << 20) + np.searchsorted(shards[si].first, urow[on], side="right")
+        edges = np.r_[0, np.nonzero(np.diff(group))[0] + 1, len(uniq)]
+        firsts = [f for a, b in zip(edges[:-1], edges[1:]) for f in range(a, b, self.batch_rows)]
+        bounds = np.r_[firsts, len(uniq)]
+        order = np.argsort(slot, kind="stable")
+        starts = np.searchsorted(slot[order], bounds)
 
-        def fetch(s: int) -> torch.Tensor:
-            ukeys = uniq[s:s + self.batch_rows]
-            ush, urow = ukeys >> 40, ukeys & ((1 << 40) - 1)
-            rows = [shards[si].rows(urow[ush == si]) for si in np.unique(ush)]
-            if len(rows) > 1:
-                rows = [torch.cat(rows)] if isinstance(rows[0], torch.Tensor) else [np.concatenate(rows)]
-            return self._scorer.rows_to_device(rows[0])
+        def fetch(b: int) -> torch.Tensor:
+            lo, hi = bounds[b], bounds[b + 1]
+            return self._scorer.rows_to_device(shards[ush[lo]].rows(urow[lo:hi]))
 
-        # The next batches are read (pread, CRC checks, float16 widening) while this one is scored.
+        # The next batches are read (CRC checks fault the mapped pages in, float16 is widened) while
+        # this one is scored.
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex:
-            ahead = [ex.submit(fetch, s) for s in firsts[:self.prefetch]]
+            ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
             for b, s in enumerate(firsts):
                 rows = ahead.pop(0).result()
                 if b + self.prefetch < len(firsts):
-                    ahead.append(ex.submit(fetch, firsts[b + self.prefetch]))
+                    ahead.append(ex.submit(fetch, b + self.prefetch))
                 pos = order[starts[b]:starts[b + 1]]
                 l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs
@@ -469,6 +476,8 @@ class VideoIndex:
               top: int | None = None) -> list[list[Match]]:
         """Per needle, the items with level-1 >= c1 and level-2 >= c2 (inclusive), best first."""
         t0 = time.perf_counter()
+        if not needles:
+            return []
         nd = self._needles(needles)
         pairs = self._level1(nd, c1)
         l2, offs = self._level2(nd, pairs, c2)

@@ -169,45 +169,23 @@ class SegmentReader:
         want = seg.count * int(np.prod(self.row_shape)) * dtype.itemsize
         if size != seg.store.size or size != want or len(self.l1) != seg.count or len(self.ids) != seg.count:
             raise IndexCorruptError(spath, f"truncated or inconsistent segment ({size} bytes, expected {want})")
-        self._fd: int | None = None
-        self.store = np.memmap(spath, dtype=dtype, mode="r", shape=(seg.count, *self.row_shape)) if seg.count \
+        # copy-on-write mapping: views are writable numpy arrays (torch wants those); nothing writes
+        self.store = np.memmap(spath, dtype=dtype, mode="c", shape=(seg.count, *self.row_shape)) if seg.count \
             else np.zeros((0, *self.row_shape), dtype)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Store rows `idx` (sorted, unique), each checked against its CRC.
 
-        Runs of consecutive rows are read with one pread each (the kernel copies from the page
-        cache: no page faults on the map); isolated rows are copied out of the map.
+        One run of consecutive rows comes back as a view of the map, not a copy (segment files
+        are immutable; the kernel maps cached pages 64 KB per fault); scattered rows are gathered.
         """
-        out = np.empty((len(idx), *self.row_shape), dtype=self.store.dtype)
-        if len(idx):
-            breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
-            for s, e in zip(np.r_[0, breaks], np.r_[breaks, len(idx)]):
-                if e - s >= 4:
-                    self._pread(out[s:e], int(idx[s]))
-                else:
-                    out[s:e] = self.store[idx[s:e]]
+        out = self.store[idx[0]:idx[-1] + 1] if len(idx) and idx[-1] - idx[0] + 1 == len(idx) else self.store[idx]
         if self.verify_reads:
             for r, i in zip(out, idx):
                 if zlib.crc32(r) != self.row_crc[i]:
                     raise IndexCorruptError(self.root / self.seg.store.name,
                                             f"corrupt index file (row {int(i)}, id {self.ids[i]!r}: checksum mismatch)")
         return out
-
-    def _pread(self, out: np.ndarray, first: int) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.root / self.seg.store.name, os.O_RDONLY)
-        view = memoryview(out).cast("B")
-        pos, start = 0, first * out[0].nbytes
-        while pos < len(view):
-            n = os.preadv(self._fd, [view[pos:]], start + pos)
-            if n <= 0:
-                raise IndexCorruptError(self.root / self.seg.store.name, "truncated index file (short read)")
-            pos += n
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
 
     def verify(self) -> None:
         """Check every store row (the full, slow integrity check)."""
