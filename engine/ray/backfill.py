@@ -60,6 +60,7 @@ class BackfillSummary:
     killed: int = 0
     frames: int = 0
     seconds: float = 0.0
+    hash_seconds: float = 0.0     # from the first worker ready to the last result (no Ray start-up)
     workers: int = 0
     feature_workers: int = 0
     mode: str = ""
@@ -89,7 +90,9 @@ class BackfillSummary:
                 "frames": self.frames, "seconds": round(self.seconds, 3), "workers": self.workers,
                 "feature_workers": self.feature_workers, "mode": self.mode,
                 "videos_per_s": round(self.done / max(self.seconds, 1e-9), 3),
-                "frames_per_s": round(self.frames / max(self.seconds, 1e-9), 1)}
+                "frames_per_s": round(self.frames / max(self.seconds, 1e-9), 1),
+                "hash_seconds": round(self.hash_seconds, 3),
+                "hash_frames_per_s": round(self.frames / max(self.hash_seconds, 1e-9), 1)}
 
 
 class BackfillError(RuntimeError):
@@ -288,7 +291,10 @@ class Backfill:
             self._t_work = time.monotonic()
             for sl in slots:
                 self._start(sl)
+            self._t_first: float | None = None
             self._loop(run, slots, settings)
+            if self._t_first is not None:
+                self.summary.hash_seconds = time.monotonic() - self._t_first
         finally:  # free the cluster's resources even when the run is interrupted
             for a in [sl.actor for sl in slots if sl.actor is not None] + self.features:
                 try:
@@ -339,6 +345,8 @@ class Backfill:
                     try:
                         sl.pid = ray.get(ref)
                         sl.state = "idle"
+                        if self._t_first is None:
+                            self._t_first = time.monotonic()
                         self._event("worker_ready", slot=sl.n, pid=sl.pid)
                     except ray.exceptions.RayError as e:
                         start_failures += 1
