@@ -462,7 +462,7 @@ class VideoIndex:
 
         # The next batches are read (CRC checks fault the mapped pages in, float16 is widened) while
         # this one is scored.
-        with ThreadPoolExecutor(max_workers=self.prefetch) as ex:
+        with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
             for b, s in enumerate(firsts):
                 rows = ahead.pop(0).result()
@@ -471,6 +471,18 @@ class VideoIndex:
                 pos = order[starts[b]:starts[b + 1]]
                 l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs
+
+    @contextmanager
+    def _compute_threads(self) -> Iterator[None]:
+        """On CPU, leave the prefetch workers their cores: torch's intra-op threads spin-wait, and
+        oversubscribing them made a 2-core scan 3-4x slower (docs/benchmarks.md)."""
+        before = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - self.prefetch)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def query(self, needles: Sequence[TmkFeatures], c1: float = 0.7, c2: float = 0.7,
               top: int | None = None) -> list[list[Match]]:
