@@ -456,9 +456,15 @@ class VideoIndex:
         order = np.argsort(slot, kind="stable")
         starts = np.searchsorted(slot[order], bounds)
 
+        # Widening buffers, one per batch in flight (prefetch being read, one being scored).
+        p = self.params
+        shape = (min(self.batch_rows, len(uniq)), 2, p.num_periods, p.num_coeffs, p.dim)
+        bufs = [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in range(self.prefetch + 1)] \
+            if self.manifest.store == "fp16" else [None] * (self.prefetch + 1)
+
         def fetch(b: int) -> torch.Tensor:
             lo, hi = bounds[b], bounds[b + 1]
-            return self._scorer.rows_to_device(shards[ush[lo]].rows(urow[lo:hi]))
+            return self._scorer.rows_to_device(shards[ush[lo]].rows(urow[lo:hi]), bufs[b % len(bufs)])
 
         # The next batches are read (CRC checks fault the mapped pages in, float16 is widened) while
         # this one is scored.
