@@ -263,7 +263,7 @@ def ivf_recall(args: argparse.Namespace, files: list[Path], flat: VideoIndex, ne
         VideoIndex.create(path, shards=args.shards, coarse="ivf", store="fp16", device="cpu").add_paths(files)
     want = {(m.needle, m.id) for ms in flat.query(needles, args.c1, args.c2) for m in ms}
     nlist = VideoIndex(path, device="cpu").manifest.ivf_nlist
-    out: dict = {"nlist_per_shard": nlist, "flat_matches": len(want), "by_nprobe": {}}
+    out: dict = {"nlist": nlist, "flat_matches": len(want), "by_nprobe": {}}
     for nprobe in (1, 2, 4, 8, 16, 32):
         ix = VideoIndex(path, device="cpu", nprobe=nprobe)
         t0 = time.perf_counter()
