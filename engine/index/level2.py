@@ -27,8 +27,10 @@ class PairScorer:
     """Scores pair batches on one device; owns the kernel's trig tables."""
 
     def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID,
-                 pair_chunk: int = 2048) -> None:
+                 pair_chunk: int = 2048, gather_pairs: bool | None = None) -> None:
         self.params, self.device, self.pair_chunk = params, device, pair_chunk
+        #: Score many needles as gathered pairs (GPU default) rather than needle by needle (CPU).
+        self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
         self.z = params.z_norm
 
@@ -54,7 +56,7 @@ class PairScorer:
         k0 = torch.empty((k, p), device=self.device)
         a = torch.empty((k, p, m - 1), device=self.device)
         b = torch.empty_like(a)
-        if self.device.type == "cuda" and len(uniq) > 8:   # many needles: gathered pairs, bounded chunks
+        if self.gather_pairs and len(uniq) > 8:   # many needles: gathered pairs, bounded chunks
             pn = torch.from_numpy(pair_needle).to(self.device)
             ps = torch.from_numpy(pair_slot).to(self.device)
             for s in range(0, k, self.pair_chunk):

@@ -114,3 +114,11 @@ def test_in_memory_bank_answers_like_the_disk_index(real_index, real_feats):
         assert {m.id for m in a} == set(want)
         assert all(abs(m.level2 - want[m.id]) < 1e-3 for m in a)
     assert mem.clusters() == real_index.clusters()
+
+
+def test_gathered_pair_scoring_equals_needle_by_needle(real_index, real_feats, real_full):
+    """The GPU's many-needle path (gathered pairs, chunked), run on CPU."""
+    from engine.index.level2 import PairScorer
+    gathered = VideoIndex(real_index.root, device="cpu", batch_rows=7)
+    gathered._scorer = PairScorer(gathered.params, gathered.device, pair_chunk=5, gather_pairs=True)
+    assert_same(gathered.query(real_feats, 0.5, 0.5), passing(real_full, 0.5, 0.5), [f.name for f in real_feats])
