@@ -83,7 +83,12 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"cannot start or join {where}: {first}") from None
+        hint = ""
+        if address not in (None, "", "local") and not os.environ.get("RAY_AUTH_MODE"):
+            # `ray start` enables token authentication by default since Ray 2.59; a driver only
+            # sends the token (RAY_AUTH_TOKEN or ~/.ray/auth_token) with RAY_AUTH_MODE=token.
+            hint = " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token)"
+        raise ClusterError(f"cannot start or join {where}: {first}{hint}") from None
     return _session(True)
 
 
