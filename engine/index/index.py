@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -317,6 +318,12 @@ class VideoIndex:
 
         paths = [Path(p) for p in paths]
         jobs: list[Callable[[], TmkFeatures]] = []
+        one_video_at_a_time = threading.Lock()   # the hasher is stateful and parallel inside
+
+        def hash_video(p: Path, h: object) -> TmkFeatures:
+            with one_video_at_a_time:
+                return h.hash(p)  # type: ignore[attr-defined]
+
         for p in paths:
             if p.suffix.lower() == ".tmk":
                 jobs.append(lambda p=p: read_tmk(p))
@@ -324,7 +331,7 @@ class VideoIndex:
                 if hasher is None:
                     from engine.hasher import VideoHasher
                     hasher = VideoHasher(self.params)
-                jobs.append(lambda p=p, h=hasher: h.hash(p))  # type: ignore[attr-defined]
+                jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
 
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],

@@ -69,3 +69,12 @@ def test_bad_input_is_one_line_on_stderr(cli_index, ref_tmks, tmp_path, capsys, 
     rc, out, err = _run(capsys, *[a.format(**subs) for a in argv])
     assert rc != 0 and not out
     assert len(err.splitlines()) == 1 and err.startswith("vmatch: ") and message in err, err
+
+
+def test_videos_are_hashed_on_add_and_on_query(tmp_path, ref_dir, ref_tmks, capsys):
+    video = ref_dir / "videos" / "doorknob-hd-no-bar.mp4"
+    ix = str(tmp_path / "v")
+    assert _run(capsys, "index", "create", ix)[0] == 0
+    assert _run(capsys, "index", "add", ix, str(video), str(ref_tmks["chair-19-sd-bar"]))[0] == 0
+    _, out, _ = _run(capsys, "query", ix, str(ref_tmks["doorknob-hd-no-bar"]), str(video), "--c1", "0.99", "--c2", "0.99")
+    assert out == ("1.000000\t1.000000\tdoorknob-hd-no-bar\tdoorknob-hd-no-bar\n" * 2)
