@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("needles", nargs="+", metavar="NEEDLE", help=".tmk file, folder of them, or video")
     _thresholds(q)
     q.add_argument("--top", type=int, metavar="K", help="at most K matches per needle (default: all)")
+    from engine.ray.shard_query import add_ray_arguments  # --ray, --ray-address (engine/ray)
+    add_ray_arguments(q)
     q.set_defaults(func=run_query)
     c = sub.add_parser("cluster", help="groups of copies within an index (connected components)",
                        description="Link items whose pair passes both levels, then print the connected "
@@ -56,7 +58,12 @@ def run_query(args: argparse.Namespace) -> int:
             hasher = hasher or make_hasher(cfg, ix.params, args.device)
             return hasher.hash(path)
 
-        results = ix.query(load_needles(args.needles, hash_video), c1, c2, args.top)
+        needles = load_needles(args.needles, hash_video)
+        if args.ray:  # one Ray actor per shard, results merged (engine/ray/shard_query.py)
+            from engine.ray.shard_query import cli_query
+            results = cli_query(args, cfg, ic, needles, c1, c2, args.top)
+        else:
+            results = ix.query(needles, c1, c2, args.top)
     out = sys.stdout
     for matches in results:
         for m in matches:

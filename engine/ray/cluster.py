@@ -72,7 +72,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     kw: dict[str, Any] = {"namespace": namespace, "logging_level": logging.ERROR, "log_to_driver": False,
                           "configure_logging": True}
     if address in (None, "", "local"):
-        kw.update(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+        # "local": always a new instance (never whatever RAY_ADDRESS or a `ray start` here points to)
+        kw.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
         if num_gpus is not None:
             kw["num_gpus"] = num_gpus
         where = "a local Ray instance"

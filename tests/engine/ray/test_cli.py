@@ -85,3 +85,15 @@ def test_resume_after_kill_9_of_the_driver(ref_dir, ref_tmks, bad_files, tmp_pat
     s3 = json.loads((tmp_path / "s3.json").read_text())
     assert (s3["done"], s3["skipped"], s3["failed"]) == (0, len(videos), 1)
     assert len(VideoIndex(ix, device="cpu")) == len(videos)
+
+
+def test_query_ray_prints_what_the_local_query_prints(ref_tmks, tmp_path):
+    ix = tmp_path / "ix"
+    VideoIndex.create(ix, shards=3, device="cpu").add_paths(list(ref_tmks.values()))
+    needles = list(ref_tmks.values())[:6]
+    local = vm("query", ix, *needles, "--c1", "0.5", "--c2", "0.5")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("ray:\n  num_cpus: 2\n  query_batch: 4\n")
+    ray = vm("--config", cfg, "query", ix, *needles, "--c1", "0.5", "--c2", "0.5", "--ray")
+    assert local.returncode == 0 and ray.returncode == 0, ray.stderr
+    assert ray.stdout == local.stdout and local.stdout.count("\n") > 6
