@@ -527,29 +527,36 @@ class VideoIndex:
 
         Each unordered pair is scored once, the smaller id first (like tmk-two-level-score).
         Clusters are ordered by size (largest first) then smallest id; members by id.
+        Needles are taken in storage order, so each batch is one run of one segment's rows.
         """
-        where = self._locations()
-        names = sorted(where)
+        names = sorted(self._locations())
         rank = {n: i for i, n in enumerate(names)}
         shards = self._state()
         shard_rank = [np.array([rank.get(i, -1) for i in sh.ids], dtype=np.int64) for sh in shards]
-        edges: list[np.ndarray] = []
-        for s in range(0, len(names), batch):
-            chunk = names[s:s + batch]
-            locs = [where[n] for n in chunk]
-            unit = np.stack([shards[si].l1[r] for si, r in locs])
-            rows = torch.cat([self._scorer.rows_to_device(shards[si].rows(np.array([r]))) for si, r in locs])
-            nd = _Needles(chunk, unit, rows[:, 0], rows[:, 1])
-            pairs = self._level1(nd, c1)
-            cand_rank = np.full(len(pairs.row), -1, np.int64)
-            for si, ranks in enumerate(shard_rank):
-                on = pairs.shard == si
-                cand_rank[on] = ranks[pairs.row[on]]
-            keep = cand_rank > s + pairs.needle
-            pairs, cand_rank = pairs.take(keep), cand_rank[keep]
-            l2, _ = self._level2(nd, pairs, c2)
-            ok = l2 >= c2
-            edges.append(np.stack([s + pairs.needle[ok], cand_rank[ok]], 1))
-        comps = connected_components(len(names), np.concatenate(edges) if edges else np.zeros((0, 2), np.int64))
-        groups = [[names[i] for i in c] for c in comps if len(c) >= min_size]
-        return groups
+        edges: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
+        for sh, ranks in zip(shards, shard_rank):
+            live = sh.live_rows()
+            seg_of = np.searchsorted(sh.first, live, side="right")
+            for seg in np.unique(seg_of):
+                rows_in_seg = live[seg_of == seg]
+                for s in range(0, len(rows_in_seg), batch):
+                    rows = rows_in_seg[s:s + batch]
+                    feats = self._scorer.rows_to_device(sh.rows(rows))
+                    nd = _Needles([sh.ids[r] for r in rows], sh.l1[rows], feats[:, 0], feats[:, 1])
+                    edges.append(self._edges_from(nd, ranks[rows], shard_rank, c1, c2))
+        comps = connected_components(len(names), np.concatenate(edges))
+        return [[names[i] for i in c] for c in comps if len(c) >= min_size]
+
+    def _edges_from(self, nd: _Needles, needle_rank: np.ndarray, shard_rank: list[np.ndarray], c1: float,
+                    c2: float) -> np.ndarray:
+        """[E,2] id ranks of the pairs passing both levels, each scored from its smaller id."""
+        pairs = self._level1(nd, c1)
+        cand_rank = np.full(len(pairs.row), -1, np.int64)
+        for si, ranks in enumerate(shard_rank):
+            on = pairs.shard == si
+            cand_rank[on] = ranks[pairs.row[on]]
+        keep = cand_rank > needle_rank[pairs.needle]
+        pairs, cand_rank = pairs.take(keep), cand_rank[keep]
+        l2, _ = self._level2(nd, pairs, c2)
+        ok = l2 >= c2
+        return np.stack([needle_rank[pairs.needle[ok]], cand_rank[ok]], 1)
