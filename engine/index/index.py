@@ -133,9 +133,8 @@ class _Shard(_ShardBase):
         self.first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n = int(self.first[-1])
         d = m.params.dim
-        self.l1 = np.concatenate([r.l1 for r in self.readers]) if self.readers else np.zeros((0, d), np.float32)
-        for r in self.readers:          # one resident copy of the level-1 vectors (plus faiss's)
-            r.l1 = self.l1[:0]
+        # one resident copy of the level-1 vectors (plus faiss's)
+        self.l1 = np.concatenate([r.load_l1() for r in self.readers]) if self.readers else np.zeros((0, d), np.float32)
         self.ids: list[str] = [i for r in self.readers for i in r.ids]
         self.deleted = np.zeros(self.n, dtype=bool)
         for s, f in zip(segs, self.first):

@@ -150,28 +150,34 @@ def read_checked(root: Path, ref: FileRef) -> bytes:
 
 
 class SegmentReader:
-    """Read side of one segment: l1 vectors and ids in memory, the store memory-mapped."""
+    """Read side of one segment: ids and row CRCs in memory, the store memory-mapped."""
 
     def __init__(self, root: Path, seg: Segment, params: TmkParams, store: str, verify_reads: bool = True) -> None:
         self.seg, self.root, self.verify_reads = seg, root, verify_reads
-        d = params.dim
-        self.l1 = np.frombuffer(read_checked(root, seg.l1), dtype=np.float32).reshape(-1, d)
+        self.dim = params.dim
         try:
             cols = json.loads(read_checked(root, seg.ids))
         except ValueError as e:
             raise IndexCorruptError(root / seg.ids.name, f"corrupt id table ({e})") from None
         self.ids: list[str] = cols["id"]          # the other columns are not kept in memory
         self.row_crc = np.asarray(cols["row_crc32"], dtype=np.uint32)
-        self.row_shape = (2, params.num_periods, params.num_coeffs, d)
+        self.row_shape = (2, params.num_periods, params.num_coeffs, params.dim)
         dtype = np.dtype(STORE_DTYPES[store])
         spath = root / seg.store.name
         size = spath.stat().st_size if spath.exists() else -1
         want = seg.count * int(np.prod(self.row_shape)) * dtype.itemsize
-        if size != seg.store.size or size != want or len(self.l1) != seg.count or len(self.ids) != seg.count:
+        if size != seg.store.size or size != want or len(self.ids) != seg.count:
             raise IndexCorruptError(spath, f"truncated or inconsistent segment ({size} bytes, expected {want})")
         # copy-on-write mapping: views are writable numpy arrays (torch wants those); nothing writes
         self.store = np.memmap(spath, dtype=dtype, mode="c", shape=(seg.count, *self.row_shape)) if seg.count \
             else np.zeros((0, *self.row_shape), dtype)
+
+    def load_l1(self) -> np.ndarray:
+        """The segment's level-1 vectors [n, d] (read and checked now; the caller keeps them)."""
+        l1 = np.frombuffer(read_checked(self.root, self.seg.l1), dtype=np.float32).reshape(-1, self.dim)
+        if len(l1) != self.seg.count:
+            raise IndexCorruptError(self.root / self.seg.l1.name, f"{len(l1)} level-1 rows, expected {self.seg.count}")
+        return l1
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Store rows `idx` (sorted, unique), each checked against its CRC.
