@@ -28,7 +28,7 @@ from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
 from engine.index.level2 import PairScorer
 from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, IndexFormatError, Manifest,
-                                   VideoIndexError, read_manifest, write_manifest)
+                                   read_manifest, write_manifest)
 from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepare, read_checked, unit_average,
                                   write_small_file)
 from engine.tmkfile import TmkFormatError
@@ -173,6 +173,7 @@ class VideoIndex:
         self._scorer = PairScorer(self.params, self.device, **({"grid": grid} if grid else {}))
         self._shards: list[_ShardBase] | None = None
         self._where: dict[str, tuple[int, int]] | None = None
+        self._memory = False
         self.last_stats = QueryStats()
 
     # ----------------------------------------------------------------- creation and state
@@ -211,12 +212,14 @@ class VideoIndex:
         self.params = params
         self._scorer = PairScorer(params, self.device)
         self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
-        self._where = None
+        self._where, self._memory = None, True
         self.last_stats = QueryStats()
         return self
 
     def reload(self) -> None:
         """Pick up what other writers committed since this object read the manifest."""
+        if self._memory:
+            return
         self.manifest = read_manifest(self.root)
         self._shards, self._where = None, None
 
@@ -237,8 +240,8 @@ class VideoIndex:
         return self._where
 
     def __len__(self) -> int:
-        if isinstance(self._shards, list) and self._shards and isinstance(self._shards[0], _MemoryShard):
-            return sum(int((~s.deleted).sum()) for s in self._shards)
+        if self._memory:
+            return sum(int((~s.deleted).sum()) for s in self._state())
         return self.manifest.count
 
     def __contains__(self, item_id: str) -> bool:
@@ -269,6 +272,8 @@ class VideoIndex:
     @contextmanager
     def _writing(self) -> Iterator[Manifest]:
         """Exclusive writer section on the latest manifest; leftovers of crashed writers are removed."""
+        if self._memory:
+            raise IndexFormatError(self.root, "an in-memory index is read-only")
         fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
