@@ -17,7 +17,7 @@ from kernels.params import TmkParams
 #: Defaults of the `index:` config section (configs/default.yaml overrides them).
 INDEX_DEFAULTS: dict[str, Any] = {
     "shards": 4, "coarse": "flat", "store": "fp32", "ivf_nlist": 0, "ivf_nprobe": 16,
-    "c1": 0.7, "c2": 0.7, "batch_rows": 512, "add_workers": 8, "cluster_batch": 128,
+    "c1": 0.7, "c2": 0.7, "batch_rows": 0, "add_workers": 8, "cluster_batch": 128,
     "device": "auto", "verify_reads": True,
 }
 

@@ -160,13 +160,15 @@ class VideoIndex:
     """Create with `VideoIndex.create`, open with `VideoIndex(path)`; see module docstring."""
 
     def __init__(self, path: str | os.PathLike[str], device: str | torch.device = "auto",
-                 verify_reads: bool = True, batch_rows: int = 512, nprobe: int | None = None,
+                 verify_reads: bool = True, batch_rows: int = 0, nprobe: int | None = None,
                  grid: int | None = None, prefetch: int = 2) -> None:
         self.root = Path(path)
         self.device = resolve_device(device)
         if self.device.type == "cuda":
             strict_float()
-        self.verify_reads, self.batch_rows, self._nprobe = verify_reads, batch_rows, nprobe
+        self.verify_reads, self._nprobe = verify_reads, nprobe
+        #: Candidate rows per level-2 batch (0: 512 on CPU, 4096 on CUDA).
+        self.batch_rows = batch_rows or (4096 if self.device.type == "cuda" else 512)
         self.prefetch = max(1, prefetch)
         self.manifest = read_manifest(self.root)
         self.params = self.manifest.params
