@@ -176,6 +176,8 @@ class VideoIndex:
         self._shards: list[_ShardBase] | None = None
         self._where: dict[str, tuple[int, int]] | None = None
         self._memory = False
+        #: How long a writer waits for another process's add or remove to commit.
+        self.lock_timeout_s = 600.0
         self.last_stats = QueryStats()
 
     # ----------------------------------------------------------------- creation and state
@@ -278,10 +280,16 @@ class VideoIndex:
             raise IndexFormatError(self.root, "an in-memory index is read-only")
         fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise IndexFormatError(self.root, "another process is writing to this index") from None
+            deadline = time.monotonic() + self.lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise IndexFormatError(self.root, f"another process has been writing to this index "
+                                                          f"for over {self.lock_timeout_s:g} s") from None
+                    time.sleep(0.05)
             self.reload()
             self._remove_orphans(self.manifest)
             yield self.manifest

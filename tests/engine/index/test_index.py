@@ -122,3 +122,18 @@ def test_gathered_pair_scoring_equals_needle_by_needle(real_index, real_feats, r
     gathered = VideoIndex(real_index.root, device="cpu", batch_rows=7)
     gathered._scorer = PairScorer(gathered.params, gathered.device, pair_chunk=5, gather_pairs=True)
     assert_same(gathered.query(real_feats, 0.5, 0.5), passing(real_full, 0.5, 0.5), [f.name for f in real_feats])
+
+
+def test_writers_wait_for_each_other(tmp_path, real_feats):
+    import fcntl
+    import os
+    from engine.index import IndexFormatError
+    ix = VideoIndex.create(tmp_path / "w", shards=1, device="cpu")
+    ix.lock_timeout_s = 0.2
+    fd = os.open(tmp_path / "w" / "LOCK", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)                 # another writer holds the lock
+    with pytest.raises(IndexFormatError, match="another process has been writing"):
+        ix.add(real_feats[:1])
+    os.close(fd)
+    ix.add(real_feats[:1])
+    assert len(ix) == 1
