@@ -107,8 +107,9 @@ def ratio_mode(videos: list[Path], folder: Path, args: argparse.Namespace) -> in
                     dt, _ = vmatch("hash", "--mode", "exact", "-d", out, *videos, prefix=prefix)
                     hash_t.append(dt)
                 else:
+                    join = ("--ray-address", args.address) if args.address else ()
                     dt, r = vmatch("--config", cfg, "backfill", "--mode", "exact", "-q", "-d", out, folder,
-                                   "--summary-json", work / f"s{k}.json", prefix=prefix)
+                                   "--summary-json", work / f"s{k}.json", *join, prefix=prefix)
                     fill_t.append(dt)
                 print(f"{which:8s} run {k}: {dt:6.2f} s", file=sys.stderr, flush=True)
             a, b = work / f"hash{k}", work / f"backfill{k}"
@@ -116,7 +117,7 @@ def ratio_mode(videos: list[Path], folder: Path, args: argparse.Namespace) -> in
             if not same or len(list(a.glob("*.tmk"))) != len(videos):
                 raise SystemExit("backfill and hash outputs differ")
         s = json.loads((work / f"s{args.repeat - 1}.json").read_text())
-        res = {"videos": len(videos), "frames": s["frames"], "cpus": os.cpu_count(), "taskset": args.taskset,
+        res = {"videos": len(videos), "ray_address": args.address, "frames": s["frames"], "cpus": os.cpu_count(), "taskset": args.taskset,
                "hash_s": [round(t, 2) for t in hash_t], "backfill_s": [round(t, 2) for t in fill_t],
                "hash_median_s": round(statistics.median(hash_t), 2),
                "backfill_median_s": round(statistics.median(fill_t), 2),
@@ -176,6 +177,7 @@ def main() -> int:
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cpus", type=int, help="CPUs given to the local Ray (default: all)")
+    ap.add_argument("--address", help="backfill joins this Ray cluster (started beforehand) instead of a local start")
     ap.add_argument("--taskset", metavar="CPULIST", help="pin both commands to these CPUs (e.g. 0,1)")
     ap.add_argument("--actors", metavar="N,N,...", help="frames/s per decode-worker count (JSON lines)")
     ap.add_argument("--gpu-too", action="store_true", help="with --actors: also with GPU feature workers")

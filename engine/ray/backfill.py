@@ -367,6 +367,9 @@ class Backfill:
                     self._failed(it, "error", _first_line(e.cause if getattr(e, "cause", None) else e))
                     continue
                 if res.get("ok"):
+                    nxt = next_item()  # keep the worker busy while this result is written
+                    if nxt is not None:
+                        self._submit(sl, nxt)
                     self._finished(it, res)
                 elif res.get("kind") == "lost":
                     self._retry(it, retry, res.get("reason", "feature worker lost"))
