@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.features import TmkFeatures
-from engine.index.manifest import FileRef, IndexCorruptError, Segment
+from engine.index.manifest import FileRef, IndexCorruptError, Segment, fsync_dir
 from kernels.params import TmkParams
 
 STORE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -67,14 +67,6 @@ def prepare(f: TmkFeatures, item_id: str, source: str, store: str) -> Prepared:
         row = (half.numpy(),)
         row_crc = zlib.crc32(row[0])
     return Prepared(item_id, source, f.frame_count, unit_average(f.avg), row, row_crc, h.hexdigest())
-
-
-def file_crc(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def write_small_file(root: Path, rel: str, data: bytes) -> FileRef:
@@ -128,6 +120,7 @@ class SegmentWriter:
                                        json.dumps(self.cols, separators=(",", ":")).encode())
         if ivf is not None:
             refs["ivf"] = write_small_file(self.root, f"{self.rel}.ivf", ivf)
+        fsync_dir((self.root / self.rel).parent)      # the new names themselves are durable
         return Segment(self.name, self.count, refs["l1"], refs["store"], refs["ids"], refs.get("ivf"))
 
     def abort(self) -> None:
