@@ -36,8 +36,10 @@ def _links(folder: Path, targets: list[Path], n: int, prefix: str) -> Path:
 def test_kill_9_during_add_leaves_the_previous_index(tmp_path, ref_tmks, real_feats):
     ix_path = tmp_path / "ix"
     # Persistence across processes: one process creates and adds, others read.
-    assert _cli("index", "create", str(ix_path), "--shards", "2").returncode == 0
-    r = _cli("index", "add", str(ix_path), *map(str, ref_tmks.values()))
+    code = ("import sys; from engine.cli import main; "
+            "sys.exit(main(['index', 'create', sys.argv[1], '--shards', '2']) or main(['index', 'add', *sys.argv[1:]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(ix_path), *map(str, ref_tmks.values())], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     before = VideoIndex(ix_path, device="cpu").query(real_feats, 0.7, 0.7)
     manifest = (ix_path / MANIFEST_NAME).read_bytes()
