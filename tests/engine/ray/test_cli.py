@@ -97,3 +97,18 @@ def test_query_ray_prints_what_the_local_query_prints(ref_tmks, tmp_path):
     ray = vm("--config", cfg, "query", ix, *needles, "--c1", "0.5", "--c2", "0.5", "--ray")
     assert local.returncode == 0 and ray.returncode == 0, ray.stderr
     assert ray.stdout == local.stdout and local.stdout.count("\n") > 6
+
+
+def test_feature_workers_stream_frames_and_match_the_cpu_path(clips, tmp_path):
+    """The GPU path (decoders streaming chunks to feature workers), on a Ray that declares one
+    logical GPU: without CUDA the feature workers compute on the CPU, in exact mode."""
+    from tests.engine.ray.test_backfill import single_process_bytes
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("ray:\n  num_cpus: 2\n  num_gpus: 1\n  gpus_per_worker: 0.5\nhash:\n  chunk_frames: 8\n")
+    r = vm("--config", cfg, "backfill", "--mode", "exact", "-d", tmp_path / "out", *clips,
+           "--summary-json", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["feature_workers"] == 2 and s["done"] == len(clips)
+    assert {p.stem: p.read_bytes() for p in (tmp_path / "out").glob("*.tmk")} == single_process_bytes(clips)
