@@ -1,8 +1,8 @@
 """The backfill driver: list inputs into the ledger, keep Ray workers busy, write results.
 
 Flow: inputs are streamed into the ledger (`Ledger.scan`), then this run's pending rows are read
-page by page and handed to a fixed pool of `HashWorker` actors, at most `inflight_per_actor`
-each (backpressure: memory does not grow with the input).  Finished videos come back as `.tmk`
+page by page and handed to a fixed pool of `HashWorker` actors, one video at a time each
+(backpressure: memory does not grow with the input, and the per-video timeout is exact).  Finished videos come back as `.tmk`
 bytes; the driver writes them atomically and/or adds them to an index in batches, and records
 every outcome in the ledger.
 

@@ -20,7 +20,6 @@ RAY_DEFAULTS: dict[str, Any] = {
     "timeout_s": None,        # per-video limit (None: hash.timeout_s); a worker past it is killed
     "kill_grace_s": 30.0,     # extra time before the driver kills a worker stuck past timeout_s
     "max_attempts": 3,        # a video whose worker dies this many times is recorded as failed
-    "inflight_per_actor": 1,  # tasks queued per actor (1: the per-video timeout is exact)
     "index_batch": 256,       # videos per index commit
     "ledger_commit_s": 1.0,   # at most this long between ledger commits of finished videos
     "query_gpus_per_shard": 1.0,  # sharded query: GPU per shard actor where GPUs exist
