@@ -2,9 +2,9 @@
 
 Flow: inputs are streamed into the ledger (`Ledger.scan`), then this run's pending rows are read
 page by page and handed to a fixed pool of `HashWorker` actors, one video at a time each
-(backpressure: memory does not grow with the input, and the per-video timeout is exact).  Finished videos come back as `.tmk`
-bytes; the driver writes them atomically and/or adds them to an index in batches, and records
-every outcome in the ledger.
+(backpressure: memory does not grow with the input, and the per-video timeout is exact).
+Finished videos come back as `.tmk` bytes; the driver writes them atomically and/or adds them
+to an index in batches, and records every outcome in the ledger.
 
 Exactly once: a `.tmk` file is written (atomically) before its row is marked done, so a driver
 killed in between just rewrites the same bytes on the rerun.  An index batch is first marked
