@@ -219,7 +219,7 @@ class Backfill:
             s = self.summary
             s.mode = mode
             ledger_path = default_ledger_path(self.opts)
-            self.ledger = Ledger(ledger_path, self._settings(mode))
+            self.ledger = Ledger(ledger_path, self._settings(mode), lock=True)
             s.ledger = str(ledger_path)
             run = self.ledger.new_run()
             scan = self.ledger.scan(inputs, run)
@@ -230,11 +230,15 @@ class Backfill:
             self._resolve_indexing(run)
             self._work(run, session, n_feat, mode)
         finally:
-            self._flush(force=True)
-            if hasattr(self, "reporter"):
-                self.reporter.close()
-            if session is not None:
-                session.close()
+            try:
+                self._flush(force=True)
+            finally:
+                if hasattr(self, "ledger"):
+                    self.ledger.close()
+                if hasattr(self, "reporter"):
+                    self.reporter.close()
+                if session is not None:
+                    session.close()
             self.summary.seconds = time.monotonic() - t0
         return self.summary
 

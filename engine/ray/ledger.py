@@ -83,10 +83,14 @@ def _alt_name(path: str) -> str:
 class Ledger:
     """Open (creating if needed) the ledger at ``path``; ``settings`` must match an existing one's."""
 
-    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any] | None = None,
+                 lock: bool = False) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if lock:
+                self._lock()
             self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing
@@ -97,6 +101,18 @@ class Ledger:
             raise LedgerError(self.path, e.strerror or str(e)) from None
         if settings is not None:
             self._check_settings(settings)
+
+    def _lock(self) -> None:
+        """One driver per ledger: a second concurrent run would hash (and index) the same videos."""
+        import fcntl
+
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerError(self.path, "another backfill is running with this ledger") from None
+        self._lock_fd = fd
 
     # ------------------------------------------------------------------ metadata
     def get_meta(self, key: str) -> str | None:
@@ -274,6 +290,9 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
 
 class _Tx:

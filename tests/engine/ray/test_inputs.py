@@ -86,3 +86,12 @@ def test_ledger_skips_done_redoes_changed_and_names_uniquely(tree: Path, tmp_pat
     led.close()
     with pytest.raises(LedgerError, match="made with other settings .*mode: 'exact' -> 'fast'"):
         Ledger(tmp_path / "l.sqlite", {"mode": "fast"})
+
+
+def test_one_driver_per_ledger(tmp_path: Path):
+    first = Ledger(tmp_path / "l.sqlite", lock=True)
+    with pytest.raises(LedgerError, match="another backfill is running with this ledger"):
+        Ledger(tmp_path / "l.sqlite", lock=True)
+    Ledger(tmp_path / "l.sqlite").close()      # readers do not lock
+    first.close()
+    Ledger(tmp_path / "l.sqlite", lock=True).close()
