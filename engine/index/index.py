@@ -487,7 +487,7 @@ class VideoIndex:
             lo, hi = bounds[b], bounds[b + 1]
             return self._scorer.rows_to_device(shards[ush[lo]].rows(urow[lo:hi]), bufs[b % len(bufs)])
 
-        # The next batches are read (CRC checks fault the mapped pages in, float16 is widened) while
+        # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]

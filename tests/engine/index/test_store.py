@@ -25,3 +25,21 @@ def test_fp16_level2_error_within_documented_bound(tmp_path, real_feats, synth_f
     assert np.mean(errs) < 5e-5                         # measured mean is about 7e-6
     sa, sb = (sum(p.stat().st_size for p in ix.root.glob("shard-*/*.store")) for ix in (a, b))
     assert sb * 2 == sa
+
+
+def test_row_checksum_catches_flips_zeroed_and_swapped_blocks():
+    from engine.index.segment import block_sums, row_checksum
+    rng = np.random.default_rng(1)
+    row = rng.normal(size=(2, 4, 32, 256)).astype(np.float32)
+    want = row_checksum(row)
+    assert row_checksum(row[0], row[1]) == want                  # parts give the row's checksum
+    for damage in range(3):
+        bad = row.copy().reshape(-1)
+        if damage == 0:
+            bad.view(np.uint8)[rng.integers(bad.nbytes)] ^= 1 << int(rng.integers(8))   # one bit
+        elif damage == 1:
+            bad[4096:5120] = 0                                       # a zeroed 4 KB block
+        else:
+            bad[:1024], bad[1024:2048] = bad[1024:2048].copy(), bad[:1024].copy()   # blocks swapped
+        assert row_checksum(bad) != want
+    assert block_sums(row[None]).shape == (1, row.nbytes // 4096)
