@@ -168,7 +168,7 @@ def read_checked(root: Path, ref: FileRef) -> bytes:
 
 
 class SegmentReader:
-    """Read side of one segment: ids and row CRCs in memory, the store memory-mapped."""
+    """Read side of one segment: ids and row checksums in memory, the store memory-mapped."""
 
     def __init__(self, root: Path, seg: Segment, params: TmkParams, store: str, verify_reads: bool = True) -> None:
         self.seg, self.root, self.verify_reads = seg, root, verify_reads
