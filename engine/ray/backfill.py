@@ -32,6 +32,8 @@ from engine.tmkfile import TmkFormatError, atomic_write_bytes, from_bytes
 from kernels.params import DEFAULT_PARAMS, TmkParams
 
 LEDGER_NAME = "backfill.ledger.sqlite"
+#: A run whose workers all stay unstarted (no free resources in the cluster) this long gives up.
+WORKER_START_TIMEOUT_S = 600.0
 EventHook = Callable[[str, dict[str, Any]], None]
 
 
@@ -316,6 +318,7 @@ class Backfill:
         start_failures = 0
         timeout = settings["timeout_s"]
         deadline_s = None if timeout is None else float(timeout) + float(rc["kill_grace_s"])
+        t_progress = time.monotonic()
 
         def next_item() -> Item | None:
             nonlocal exhausted
@@ -335,7 +338,15 @@ class Backfill:
                     if it is None:
                         break
                     self._submit(sl, it)
+            if exhausted and not retry and not any(sl.state == "busy" for sl in slots):
+                break  # all done (a worker that never got started does not hold the run)
             busy = {sl.ref: sl for sl in slots if sl.ref is not None}
+            if all(sl.state == "starting" for sl in slots):
+                if time.monotonic() - t_progress > WORKER_START_TIMEOUT_S:
+                    raise BackfillError(f"no hash worker started in {WORKER_START_TIMEOUT_S:g} s "
+                                        f"(does the cluster have {rc['cpus_per_actor']} free CPU per worker?)")
+            else:
+                t_progress = time.monotonic()
             if not busy:
                 break
             ready, _ = ray.wait(list(busy), num_returns=1, timeout=0.25)

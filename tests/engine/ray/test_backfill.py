@@ -134,3 +134,9 @@ def test_index_adds_exactly_once_across_a_crash(ray_local, clips, tmp_path, when
             assert to_bytes(f) == want[name]
     for c in clips:
         assert read_tmk(tmp_path / "out" / f"{c.stem}.tmk").frame_count > 0
+
+
+def test_more_workers_than_free_cpus_still_finishes(ray_local, clips, tmp_path):
+    """A worker the cluster cannot place (3 workers, 2 CPUs) does not hold the run."""
+    s = Backfill(opts(outdir=str(tmp_path), ray={"decode_actors": 3}), quiet=True).run(map(str, clips[:3]))
+    assert (s.done, s.failed, s.workers) == (3, 0, 3)
