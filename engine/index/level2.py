@@ -29,6 +29,7 @@ class PairScorer:
     def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID,
                  pair_chunk: int = 2048, gather_pairs: bool | None = None) -> None:
         self.params, self.device, self.pair_chunk = params, device, pair_chunk
+        self.small_group = 128
         #: Score many needles as gathered pairs (GPU default) rather than needle by needle (CPU).
         self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
@@ -74,7 +75,9 @@ class PairScorer:
                 st = torch.from_numpy(slots).to(self.device)
                 cc, cs = c_cos[st], c_sin[st]
             pt = torch.from_numpy(pos).to(self.device)
-            k0[pt], a[pt], b[pt] = needle_coeffs(n_cos[u], n_sin[u], cc, cs)
+            # a few rows: four broadcast products beat needle_coeffs' 2 P m small matrix products
+            small = len(slots) < self.small_group
+            k0[pt], a[pt], b[pt] = (pair_coeffs if small else needle_coeffs)(n_cos[u], n_sin[u], cc, cs)
         return k0, a, b
 
     def score(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
