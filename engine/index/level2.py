@@ -29,7 +29,7 @@ class PairScorer:
     def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID,
                  pair_chunk: int = 2048, gather_pairs: bool | None = None) -> None:
         self.params, self.device, self.pair_chunk = params, device, pair_chunk
-        self.small_group = 128
+        self.small_group = 32   # rows per needle below which pair_coeffs is used (measured)
         #: Score many needles as gathered pairs (GPU default) rather than needle by needle (CPU).
         self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
