@@ -112,3 +112,15 @@ def test_feature_workers_stream_frames_and_match_the_cpu_path(clips, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["feature_workers"] == 2 and s["done"] == len(clips)
     assert {p.stem: p.read_bytes() for p in (tmp_path / "out").glob("*.tmk")} == single_process_bytes(clips)
+
+
+@pytest.mark.cuda
+def test_gpu_feature_workers_exact_mode_reproduce_the_reference(ref_dir, ref_tmks, tmp_path):
+    """On a CUDA machine: decoders stream to GPU feature workers; exact mode is byte-identical."""
+    videos = sorted((ref_dir / "videos").glob("*.mp4"))
+    r = vm("backfill", "--mode", "exact", "-q", "-d", tmp_path, *videos, "--gpus-per-worker", "0.25",
+           "--summary-json", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["feature_workers"] >= 1
+    for v in videos:
+        assert (tmp_path / f"{v.stem}.tmk").read_bytes() == ref_tmks[v.stem].read_bytes(), v.stem
