@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kernels.params import TmkParams
-from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs
+from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs, pair_coeffs_matrix
 
 #: Relative slack on the upper bound, far above float32 round-off of the coefficients.
 BOUND_SLACK = 1e-4
@@ -30,6 +30,7 @@ class PairScorer:
                  pair_chunk: int = 2048, gather_pairs: bool | None = None) -> None:
         self.params, self.device, self.pair_chunk = params, device, pair_chunk
         self.small_group = 32   # rows per needle below which pair_coeffs is used (measured)
+        self.matrix_pairs = 1 << 17   # largest needles x rows block scored as one matrix product
         #: Score many needles as gathered pairs (GPU default) rather than needle by needle (CPU).
         self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
@@ -57,6 +58,14 @@ class PairScorer:
         k0 = torch.empty((k, p), device=self.device)
         a = torch.empty((k, p, m - 1), device=self.device)
         b = torch.empty_like(a)
+        nrows = c_cos.shape[0]
+        if len(uniq) > 8 and k >= 0.5 * len(uniq) * nrows and len(uniq) * nrows <= self.matrix_pairs:
+            # dense: every (needle, row) block as one matrix product, then pick the pairs
+            ui = torch.from_numpy(np.searchsorted(uniq, pair_needle)).to(self.device)
+            ut = torch.from_numpy(uniq).to(self.device)
+            ps = torch.from_numpy(pair_slot).to(self.device)
+            mk0, ma, mb = pair_coeffs_matrix(n_cos[ut], n_sin[ut], c_cos, c_sin)
+            return mk0[ui, ps], ma[ui, ps], mb[ui, ps]
         if self.gather_pairs and len(uniq) > 8:   # many needles: gathered pairs, bounded chunks
             pn = torch.from_numpy(pair_needle).to(self.device)
             ps = torch.from_numpy(pair_slot).to(self.device)

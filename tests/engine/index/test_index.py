@@ -19,7 +19,9 @@ def real_index(tmp_path_factory, ref_tmks):
 
 
 @pytest.mark.parametrize("c1,c2", [(-1.0, 0.0), (0.7, 0.7), (0.9, 0.95)])
-def test_real_hashes_equal_brute_force(real_index, real_feats, real_full, c1, c2):
+@pytest.mark.parametrize("dense", [True, False])
+def test_real_hashes_equal_brute_force(real_index, real_feats, real_full, c1, c2, dense):
+    real_index._scorer.matrix_pairs = 1 << 17 if dense else 0   # all-pairs product or per needle
     got = real_index.query(real_feats, c1, c2)
     assert_same(got, passing(real_full, c1, c2), [f.name for f in real_feats])
 
@@ -121,6 +123,7 @@ def test_gathered_pair_scoring_equals_needle_by_needle(real_index, real_feats, r
     from engine.index.level2 import PairScorer
     gathered = VideoIndex(real_index.root, device="cpu", batch_rows=7)
     gathered._scorer = PairScorer(gathered.params, gathered.device, pair_chunk=5, gather_pairs=True)
+    gathered._scorer.matrix_pairs = 0                # not the dense all-pairs product either
     assert_same(gathered.query(real_feats, 0.5, 0.5), passing(real_full, 0.5, 0.5), [f.name for f in real_feats])
 
 
