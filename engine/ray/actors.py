@@ -50,6 +50,11 @@ class HashWorker:
         import torch
 
         torch.set_num_threads(max(1, int(settings.get("torch_threads") or 1)))
+        for lib in ("decord", "av"):  # import the decoders now, not inside the first video's time limit
+            try:
+                __import__(lib)
+            except ImportError:
+                pass
         self.settings = settings
         self.feature_actor = feature_actor
         self.hasher = None if feature_actor is not None else (hasher_factory or default_hasher)(settings)

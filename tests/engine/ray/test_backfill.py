@@ -93,7 +93,7 @@ def test_hung_decode_is_killed_and_recorded(ray_local, clips, tmp_path):
     hang.write_bytes(clips[0].read_bytes())
     events: list[str] = []
     t0 = time.monotonic()
-    s = Backfill(opts(outdir=str(tmp_path / "out"), ray={"timeout_s": 2.0}), quiet=True,
+    s = Backfill(opts(outdir=str(tmp_path / "out"), ray={"timeout_s": 4.0}), quiet=True,
                  hooks=lambda e, i: events.append(e), hasher_factory=hanging_hasher).run([str(hang), *map(str, clips)])
     assert time.monotonic() - t0 < 60
     assert (s.done, s.failed, s.killed) == (len(clips), 1, 1)
