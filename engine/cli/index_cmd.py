@@ -79,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = isub.add_parser("info", help="summary of an index as JSON")
     i.add_argument("index", metavar="INDEX")
     i.set_defaults(func=run_info)
+    k = isub.add_parser("compact", help="rewrite shards with removed items or many segments as one segment each")
+    k.add_argument("index", metavar="INDEX")
+    k.set_defaults(func=run_compact)
     v = isub.add_parser("verify", help="check every file and row of an index against its checksums")
     v.add_argument("index", metavar="INDEX")
     v.set_defaults(func=run_verify)
@@ -119,6 +122,14 @@ def run_remove(args: argparse.Namespace) -> int:
         ix = VideoIndex(args.index, device="cpu")
         n = ix.remove(args.ids)
         Progress(None, "index remove").write(f"vmatch: removed {n} items from {args.index} (now {len(ix)})")
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    with cli_errors():
+        ix = VideoIndex(args.index, device="cpu")
+        n = ix.compact()
+        Progress(None, "index compact").write(f"vmatch: compacted {n} shards of {args.index} ({len(ix)} items)")
     return 0
 
 

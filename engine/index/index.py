@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import threading
 import time
@@ -27,7 +28,8 @@ from engine.features import TmkFeatures
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
 from engine.index.level2 import PairScorer
-from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, IndexFormatError, Manifest,
+from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, FileRef, IndexCorruptError,
+                                   IndexFormatError, Manifest,
                                    read_manifest, write_manifest)
 from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepare, read_checked, unit_average,
                                   write_small_file)
@@ -178,6 +180,8 @@ class VideoIndex:
         self._memory = False
         #: How long a writer waits for another process's add or remove to commit.
         self.lock_timeout_s = 600.0
+        #: How long files replaced by `compact` stay for readers of older manifests.
+        self.retire_after_s = 3600.0
         self.last_stats = QueryStats()
 
     # ----------------------------------------------------------------- creation and state
@@ -229,10 +233,20 @@ class VideoIndex:
 
     def _state(self) -> list[_ShardBase]:
         if self._shards is None:
-            m = self.manifest
-            nprobe = self._nprobe or m.ivf_nprobe
-            self._shards = [_Shard(self.root, m, i, self.device, self.verify_reads, nprobe) for i in range(m.shards)]
+            try:
+                self._shards = self._load()
+            except IndexCorruptError:
+                # files of an old manifest may have been retired after a compaction: retry on the new one
+                if read_manifest(self.root).generation == self.manifest.generation:
+                    raise
+                self.reload()
+                self._shards = self._load()
         return self._shards
+
+    def _load(self) -> list[_ShardBase]:
+        m = self.manifest
+        nprobe = self._nprobe or m.ivf_nprobe
+        return [_Shard(self.root, m, i, self.device, self.verify_reads, nprobe) for i in range(m.shards)]
 
     def _locations(self) -> dict[str, tuple[int, int]]:
         """id -> (shard, row) of every live item."""
@@ -262,6 +276,7 @@ class VideoIndex:
                 "segments": sum(len(s) for s in m.segments),
                 "shard_counts": [sum(s.live for s in sh) for sh in m.segments],
                 "deleted": sum(len(s.deleted) for sh in m.segments for s in sh),
+                "retired_files": sum(len(files) for _, files in m.retired),
                 "ivf": {"nlist": m.ivf_nlist, "nprobe": m.ivf_nprobe, "trained": m.ivf_trained is not None},
                 "bytes": size, "bytes_per_item": round(size / m.count) if m.count else None,
                 "params": {"periods": list(self.params.periods), "fps": self.params.fps, "dim": self.params.dim}}
@@ -298,7 +313,13 @@ class VideoIndex:
             self.reload()
 
     def _remove_orphans(self, m: Manifest) -> None:
-        live = {f.name for f in m.all_files()}
+        """Delete files no manifest lists (a crashed writer's) and retired files past their grace."""
+        now = time.time()
+        for t, files in [r for r in m.retired if now - r[0] >= self.retire_after_s]:
+            for f in files:
+                (self.root / f.name).unlink(missing_ok=True)
+        m.retired = [r for r in m.retired if now - r[0] < self.retire_after_s]
+        live = {f.name for f in m.all_files()} | {f.name for _, files in m.retired for f in files}
         for p in [*self.root.glob("shard-*/*"), *self.root.glob("ivf-trained-*")]:
             if p.relative_to(self.root).as_posix() not in live:
                 p.unlink(missing_ok=True)
@@ -418,6 +439,52 @@ class VideoIndex:
             m.generation += 1
             write_manifest(self.root, m)
         return len(set(ids))
+
+    def compact(self) -> int:
+        """Rewrite every shard that has tombstones or several segments as one segment of its live
+        rows (rows copied as stored, checksums checked on the way); returns the shards rewritten.
+
+        The replaced files are listed as retired and deleted by a writer `retire_after_s` later,
+        since a reader holding an older manifest may still open them.
+        """
+        with self._writing() as m:
+            shards = self._state()
+            name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
+            trained = read_checked(self.root, m.ivf_trained) if m.ivf_trained else None
+            writers: dict[int, SegmentWriter] = {}
+            try:
+                for sid, sh in enumerate(shards):
+                    segs = m.segments[sid]
+                    if len(segs) > 1 or any(s.deleted for s in segs):
+                        writers[sid] = SegmentWriter(self.root, sid, name)
+                        self._copy_live(sh, segs, writers[sid])
+                retired: list[FileRef] = []
+                for sid, w in writers.items():
+                    retired += [f for s in m.segments[sid] for f in (s.l1, s.store, s.ids, s.ivf) if f]
+                    ivf = coarse_mod.ivf_lists(trained, np.stack(w.l1_rows)) if trained and w.count else None
+                    m.segments[sid] = [w.finish(ivf)] if w.count else []
+                if writers:
+                    m.retired.append((time.time(), retired))
+                    m.generation += 1
+                    write_manifest(self.root, m)
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                self._remove_orphans(read_manifest(self.root))
+                raise
+        return len(writers)
+
+    def _copy_live(self, sh: _Shard, segs: list, w: SegmentWriter, batch: int = 256) -> None:
+        for k, (seg, reader) in enumerate(zip(segs, sh.readers)):
+            cols = json.loads(read_checked(self.root, seg.ids))
+            live = np.setdiff1d(np.arange(seg.count), np.asarray(seg.deleted, dtype=np.int64))
+            for s in range(0, len(live), batch):
+                idx = live[s:s + batch]
+                data = reader.rows(idx)
+                w.append([Prepared(cols["id"][i], cols["source"][i], cols["frame_count"][i],
+                                   sh.l1[sh.first[k] + i], (data[j],), cols["row_sum64"][i],
+                                   cols["content_hash"][i], cols["time_added"][i])
+                          for j, i in enumerate(idx.tolist())])
 
     # ------------------------------------------------------------------------ querying
     def _needles(self, feats: Sequence[TmkFeatures]) -> _Needles:

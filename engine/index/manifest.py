@@ -79,6 +79,9 @@ class Manifest:
     generation: int = 0
     segments: list[list[Segment]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    #: Files of segments replaced by `compact`, with the time they were retired: readers of an
+    #: older manifest may still open them, so they are deleted only after a grace period.
+    retired: list[tuple[float, list[FileRef]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.segments:
@@ -107,6 +110,7 @@ class Manifest:
                     "trained": asdict(self.ivf_trained) if self.ivf_trained else None},
             "count": self.count,
             "segments": [[asdict(s) for s in shard] for shard in self.segments],
+            "retired": [{"time": t, "files": [asdict(f) for f in files]} for t, files in self.retired],
         }
         return body
 
@@ -170,6 +174,7 @@ def read_manifest(root: Path) -> Manifest:
         ivf = body["ivf"]
         return Manifest(params=params, shards=body["shards"], coarse=body["coarse"], store=body["store"],
                         ivf_nlist=ivf["nlist"], ivf_nprobe=ivf["nprobe"], ivf_trained=_ref(ivf["trained"]),
-                        generation=body["generation"], segments=segs, format_version=version)
+                        generation=body["generation"], segments=segs, format_version=version,
+                        retired=[(r["time"], [FileRef(**f) for f in r["files"]]) for r in body.get("retired", [])])
     except (KeyError, TypeError, ValueError) as e:
         raise IndexCorruptError(path, f"corrupt manifest (bad field: {e})") from None

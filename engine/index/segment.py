@@ -73,6 +73,7 @@ class Prepared:
     row: tuple[np.ndarray, ...]   # the stored row [2, P, m, d] (store dtype), as consecutive parts
     row_sum: int
     content_hash: str
+    time_added: float | None = None   # None: now
 
 
 def prepare(f: TmkFeatures, item_id: str, source: str, store: str) -> Prepared:
@@ -126,7 +127,8 @@ class SegmentWriter:
                 self._store.write(part)
             self.l1_rows.append(it.l1)
             for k, v in (("id", it.id), ("source", it.source), ("frame_count", it.frame_count),
-                         ("content_hash", it.content_hash), ("time_added", now), ("row_sum64", it.row_sum)):
+                         ("content_hash", it.content_hash), ("time_added", it.time_added or now),
+                         ("row_sum64", it.row_sum)):
                 self.cols[k].append(v)
 
     @property

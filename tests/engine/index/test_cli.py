@@ -50,6 +50,8 @@ def test_info_query_and_cluster_output(cli_index, ref_tmks, real_full, capsys):
 
 def test_remove_then_query(cli_index, ref_tmks, capsys):
     assert _run(capsys, "index", "remove", cli_index, "chair-20-sd-bar")[0] == 0
+    rc, _, err = _run(capsys, "index", "compact", cli_index)
+    assert rc == 0 and "compacted" in err
     _, out, _ = _run(capsys, "query", cli_index, str(ref_tmks["chair-19-sd-bar"]))
     assert "chair-20-sd-bar" not in out and out
     assert json.loads(_run(capsys, "index", "info", cli_index)[1])["count"] == 15

@@ -53,7 +53,9 @@ def test_synthetic_bank_with_removals_equals_brute_force(tmp_path, synth_feats):
 
 def test_ivf_with_all_lists_probed_equals_flat(tmp_path, synth_feats):
     ivf = VideoIndex.create(tmp_path / "ivf", shards=2, coarse="ivf", ivf_nlist=2, device="cpu")
-    ivf.add(synth_feats)
+    ivf.add(synth_feats[:80])
+    ivf.add(synth_feats[80:])
+    assert ivf.compact() == 2                        # segments' inverted lists rebuilt
     flat = VideoIndex.create(tmp_path / "flat", shards=2, device="cpu")
     flat.add(synth_feats)
     assert ivf.info()["ivf"]["trained"]
@@ -140,3 +142,34 @@ def test_writers_wait_for_each_other(tmp_path, real_feats):
     os.close(fd)
     ix.add(real_feats[:1])
     assert len(ix) == 1
+
+
+def test_compact_keeps_answers_and_retires_old_files(tmp_path, synth_feats):
+    root = tmp_path / "k"
+    ix = VideoIndex.create(root, shards=2, device="cpu")
+    ix.add(synth_feats[:30])
+    ix.add(synth_feats[30:60])
+    ix.remove([f.name for f in synth_feats[:60:5]])
+    stale = VideoIndex(root, device="cpu")          # holds this manifest; opens files lazily
+    needles = synth_feats[:6]
+
+    def answers(index):
+        return [{m.id: m.level2 for m in ms} for ms in index.query(needles, 0.6, 0.6)]
+
+    before = answers(ix)
+    def files():
+        return {p.relative_to(root).as_posix() for p in root.glob("shard-*/*")}
+
+    old = files()
+    assert ix.compact() == 2 and ix.compact() == 0
+    info = ix.info()
+    assert (info["segments"], info["deleted"], info["count"], len(ix)) == (2, 0, 48, 48)
+    assert info["retired_files"] == len(old)
+    for got, want in zip(answers(ix), before):
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 for k in want)
+    assert old <= files()                                            # kept for older readers
+    ix.retire_after_s = 0
+    ix.add(synth_feats[60:61])                                       # a later writer deletes them
+    assert not old & files() and ix.info()["retired_files"] == 0
+    for got, want in zip(answers(stale), before):                   # the stale reader reloads
+        assert want.keys() <= got.keys()
