@@ -140,3 +140,12 @@ def test_more_workers_than_free_cpus_still_finishes(ray_local, clips, tmp_path):
     """A worker the cluster cannot place (3 workers, 2 CPUs) does not hold the run."""
     s = Backfill(opts(outdir=str(tmp_path), ray={"decode_actors": 3}), quiet=True).run(map(str, clips[:3]))
     assert (s.done, s.failed, s.workers) == (3, 0, 3)
+
+
+def test_decoder_timeout_inside_the_worker_replaces_the_worker(ray_local, clips, tmp_path):
+    """The decoder's own time limit fires: recorded as a timeout, the worker is replaced, the run goes on."""
+    events: list[str] = []
+    s = Backfill(opts(outdir=str(tmp_path), ray={"timeout_s": 1e-4, "kill_grace_s": 30.0}), quiet=True,
+                 hooks=lambda e, i: events.append(e)).run(map(str, clips[:3]))
+    assert (s.done, s.failed, s.killed) == (0, 3, 0) and s.failed_by == {"timeout": 3}
+    assert events.count("worker_ready") >= 3      # replaced after each timed-out decode
