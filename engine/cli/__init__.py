@@ -21,6 +21,28 @@ COMMAND_MODULES = [
 ]
 
 
+#: Commands each module adds, for a clear message when its optional dependency is missing.
+_COMMANDS = {
+    "index_cmd": ["index", "query", "cluster"],
+    "query_cmd": ["query", "cluster"],
+    "backfill_cmd": ["backfill"],
+    "eval_cmd": ["eval"],
+}
+
+
+def _register_missing(sub: argparse._SubParsersAction, module: str, missing: str) -> None:
+    """Keep the other commands usable when one group's dependency is not installed."""
+    def run(args: argparse.Namespace) -> int:
+        raise CliError(f"'{args.command}' needs the Python package '{missing}', which is not installed "
+                       "(pip install -e \".[cpu]\" or \".[gpu]\")", 2)
+
+    for cmd in _COMMANDS.get(module, []):
+        if cmd not in sub.choices:
+            p = sub.add_parser(cmd, help=f"(unavailable: needs {missing})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmatch",
@@ -33,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name == f"engine.cli.{name}":
                 continue  # command group not built yet
-            raise
+            _register_missing(sub, name, e.name or "a dependency")
+            continue
         mod.register(sub)
     return parser
 
