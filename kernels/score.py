@@ -2,9 +2,9 @@
 
 Level-2 maximises a degree-31 trigonometric polynomial K_i(o) over every integer offset
 o in [0, T_i) for each period.  Evaluating all 31,542 offsets per pair is ~4 MFLOP; instead
-``kernel_max`` evaluates K and K' on a grid of integer offsets, bounds K between grid points
-with a second-order Taylor bound, and evaluates every offset only near grid points whose
-bound can still beat the best grid value.  The result is the same maximum (and first
+``kernel_max`` evaluates K on a grid of integer offsets, bounds K between neighbouring grid
+points with the curvature bound max(ends) + M2 h^2 / 8, and evaluates every offset only in
+the intervals whose bound can still reach the best grid value.  The result is the same maximum (and first
 maximising offset) as the exhaustive scan, up to float32 round-off.
 """
 from __future__ import annotations
@@ -107,9 +107,9 @@ def pair_coeffs_matrix(a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Te
 @dataclass
 class _PeriodTables:
     grid_off: torch.Tensor   # int64 [G]  integer offsets of the grid points
-    half: int                # refinement radius H in offsets
-    loc: torch.Tensor        # [2(m-1), 2H+1]: rows cos(j eps_h) then sin(j eps_h), eps_h = 2 pi h / T
-    radius: float            # H in radians
+    width: int               # W: the widest gap between consecutive grid offsets
+    loc: torch.Tensor        # [2(m-1), W+1]: rows cos(j eps_h) then sin(j eps_h), eps_h = 2 pi h / T, h = 0..W
+    h2: float                # (W in radians)^2
 
 
 class TmkScorer:
@@ -125,44 +125,39 @@ class TmkScorer:
         grid = min([grid, *params.periods])
         self.grid = grid
         self.tables: list[_PeriodTables] = []
-        # Per period: W = [[C, -jS], [S, jC]] so that [A, B] @ W = [K - K0, K'] on the grid.
-        w = torch.empty((params.num_periods, 2 * (m - 1), 2 * grid), dtype=torch.float64)
+        # Per period: W = [C; S] (cos / sin of j * delta_g) so that [A, B] @ W = K - K0 on the grid.
         grid_cs = torch.empty((params.num_periods, 2 * (m - 1), grid), dtype=torch.float64)
         for i, period in enumerate(params.periods):
             off = torch.round(torch.arange(grid, dtype=torch.float64) * period / grid).long()
-            delta = TWO_PI * off.double() / period
-            gaps = torch.diff(torch.cat([off, off[:1] + period]))
-            half = int((int(gaps.max()) + 1) // 2)
-            eps = TWO_PI * torch.arange(-half, half + 1, dtype=torch.float64) / period
-            ang_g, ang_l = j.view(-1, 1) * delta.view(1, -1), j.view(-1, 1) * eps.view(1, -1)
-            c, sn = torch.cos(ang_g), torch.sin(ang_g)
-            w[i] = torch.cat([torch.cat([c, -j.view(-1, 1) * sn], 1), torch.cat([sn, j.view(-1, 1) * c], 1)], 0)
-            grid_cs[i] = torch.cat([c, sn], 0)
-            self.tables.append(_PeriodTables(off.to(self.device), half,
+            ang_g = j.view(-1, 1) * (TWO_PI * off.double() / period).view(1, -1)
+            grid_cs[i] = torch.cat([torch.cos(ang_g), torch.sin(ang_g)], 0)
+            width = int(torch.diff(torch.cat([off, off[:1] + period])).max())
+            ang_l = j.view(-1, 1) * (TWO_PI * torch.arange(width + 1, dtype=torch.float64) / period).view(1, -1)
+            self.tables.append(_PeriodTables(off.to(self.device), width,
                                              torch.cat([torch.cos(ang_l), torch.sin(ang_l)], 0).to(self.device, dtype),
-                                             TWO_PI * half / period))
-        self._w = w.to(self.device, dtype)
+                                             (TWO_PI * width / period) ** 2))
         self._grid_cs = grid_cs.to(self.device, dtype)
-        self._radius = torch.tensor([t.radius for t in self.tables], dtype=dtype, device=self.device).view(-1, 1, 1)
+        self._h2 = torch.tensor([t.h2 for t in self.tables], dtype=dtype, device=self.device).view(-1, 1, 1)
 
     def kernel_max(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """max_o K_i(o) and its first argmax for each pair and period.
 
         k0 [B,P], a/b [B,P,m-1] -> best [B,P] (float32), offset [B,P] (int64).
+        On an interval of width h between grid points, K <= max(K at both ends) + M2 h^2 / 8
+        with M2 = sum j^2 |z_j| >= |K''|: only intervals whose bound reaches the best grid value
+        are evaluated offset by offset.
         """
         k0, a, b = (x.to(self.device, self.dtype) for x in (k0, a, b))
         nb, np_ = k0.shape
-        g = self.grid
         x = torch.cat([a, b], 2).transpose(0, 1)                              # [P,B,2(m-1)]
         kt = k0.T.unsqueeze(2)                                                 # [P,B,1]
-        out = torch.bmm(x, self._w)                                            # [P,B,2G]
-        kg, dk = out[..., :g] + kt, out[..., g:]
+        kg = torch.bmm(x, self._grid_cs) + kt                                  # [P,B,G] K at grid offsets
         mag = torch.sqrt(a * a + b * b).transpose(0, 1)                        # [P,B,m-1] |z_j|
         m2 = (mag * self._j2).sum(2, keepdim=True)                             # bound on |K''|
-        slack = (0.5 * m2) * (self._radius * self._radius) + 1e-5 * (kt.abs() + mag.sum(2, keepdim=True))
-        bound = kg + dk.abs() * self._radius + slack
+        slack = (0.125 * m2) * self._h2 + 1e-5 * (kt.abs() + mag.sum(2, keepdim=True))
+        bound = torch.maximum(kg, torch.roll(kg, -1, 2)) + slack               # interval g .. g+1
         lower = torch.amax(kg, 2, keepdim=True)                                # value at a real offset
-        cand = (bound >= lower).nonzero()                                      # [C,3] (period, pair, grid)
+        cand = (bound >= lower).nonzero()                                      # [C,3] (period, pair, interval)
         best = torch.empty((np_, nb), dtype=self.dtype, device=self.device)
         arg = torch.empty((np_, nb), dtype=torch.int64, device=self.device)
         for i, tab in enumerate(self.tables):
@@ -172,7 +167,7 @@ class TmkScorer:
 
     def _refine(self, i: int, tab: _PeriodTables, pi_: torch.Tensor, gi: torch.Tensor, x: torch.Tensor,
                 k0: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluate every offset within H of the candidate grid points of period i."""
+        """Evaluate every offset of the candidate intervals of period i (both ends included)."""
         period = self.params.periods[i]
         mj = x.shape[1] // 2
         cs = self._grid_cs[i][:, gi].T                                         # [C, 2(m-1)]
@@ -180,9 +175,9 @@ class TmkScorer:
         xp = x[pi_]
         ap, bp = xp[:, :mj], xp[:, mj:]
         rot = torch.cat([ap * cg + bp * sg, bp * cg - ap * sg], 1)             # coefficients about delta_g
-        vals = k0[pi_].unsqueeze(1) + rot @ tab.loc                            # [C, 2H+1]
+        vals = k0[pi_].unsqueeze(1) + rot @ tab.loc                            # [C, W+1]
         offs = (tab.grid_off[gi].unsqueeze(1)
-                + torch.arange(-tab.half, tab.half + 1, device=self.device).unsqueeze(0)) % period
+                + torch.arange(tab.width + 1, device=self.device).unsqueeze(0)) % period
         best = torch.full((nb,), float("-inf"), dtype=self.dtype, device=self.device)
         best.scatter_reduce_(0, pi_.unsqueeze(1).expand_as(vals).reshape(-1), vals.reshape(-1), "amax")
         is_best = vals == best[pi_].unsqueeze(1)
