@@ -154,8 +154,7 @@ def _p(x: float | None) -> str:
 def _index_lookup(index: str, device: str):
     """Item path -> the index's stored signature of the id = file stem (None when not indexed).
 
-    Needs ``VideoIndex.features(ids) -> list[TmkFeatures]``; indexes without it are refused with
-    a clear message rather than read through private structures.
+    Uses ``VideoIndex.features``: the stored float16/float32 features and the unit pure average.
     """
     from engine.index import VideoIndex, VideoIndexError
 
@@ -163,12 +162,7 @@ def _index_lookup(index: str, device: str):
         idx = VideoIndex(index, device=device)
     except VideoIndexError as e:
         raise CliError(str(e), 2) from None
-    features = getattr(idx, "features", None)
-    if features is None:
-        raise CliError(f"{index}: this vmatch index cannot hand out stored signatures yet "
-                       "(VideoIndex.features is missing); evaluate without --index", 2)
-
     def lookup(path: Path):
-        return features([path.stem])[0] if path.stem in idx else None
+        return idx.features([path.stem])[0] if path.stem in idx else None
 
     return lookup

@@ -268,6 +268,32 @@ class VideoIndex:
     def ids(self) -> list[str]:
         return sorted(self._locations())
 
+    def features(self, ids: Sequence[str]) -> list[TmkFeatures]:
+        """The stored signatures of `ids`, in that order (KeyError names an id not in the index).
+
+        The pure average comes back L2-normalised: the index keeps only its direction, which is
+        all level-1 uses. Features stored as float16 come back widened to float32; banks built
+        in memory carry no frame counts (0).
+        """
+        where, shards = self._locations(), self._state()
+        counts: dict[tuple[int, int], list[int]] = {}
+        out = []
+        for item_id in ids:
+            if item_id not in where:
+                raise KeyError(f"{self.root}: no item {item_id!r} in the index")
+            si, r = where[item_id]
+            sh = shards[si]
+            row = sh.rows(np.array([r], dtype=np.int64))
+            row = (row.float().cpu().numpy() if isinstance(row, torch.Tensor) else np.asarray(row, np.float32))[0]
+            frames = 0
+            if isinstance(sh, _Shard):
+                seg, local = sh.locate(r)
+                if (si, seg) not in counts:
+                    counts[(si, seg)] = sh.readers[seg].frame_counts()
+                frames = counts[(si, seg)][local]
+            out.append(TmkFeatures(sh.l1[r], row[0], row[1], frames, self.params, item_id))
+        return out
+
     def info(self) -> dict[str, object]:
         m = self.manifest
         size = sum(f.size for f in m.all_files()) + (self.root / MANIFEST_NAME).stat().st_size

@@ -195,6 +195,10 @@ class SegmentReader:
         self.store = np.memmap(spath, dtype=dtype, mode="c", shape=(seg.count, *self.row_shape)) if seg.count \
             else np.zeros((0, *self.row_shape), dtype)
 
+    def frame_counts(self) -> list[int]:
+        """The frame count column of the id table (read again: it is not kept in memory)."""
+        return [int(n) for n in json.loads(read_checked(self.root, self.seg.ids))["frame_count"]]
+
     def load_l1(self) -> np.ndarray:
         """The segment's level-1 vectors [n, d] (read and checked now; the caller keeps them)."""
         l1 = np.frombuffer(read_checked(self.root, self.seg.l1), dtype=np.float32).reshape(-1, self.dim)
