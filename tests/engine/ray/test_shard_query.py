@@ -7,6 +7,7 @@ from engine.index import VideoIndex
 from engine.index.synthetic import mixed_strengths, perturbed_features
 from engine.ray.shard_query import ShardedQuery, ShardView, merge
 from engine.tmkfile import read_many
+from kernels.params import DEFAULT_PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,9 @@ def same(local, sharded) -> None:
         assert [(m.needle, m.id, m.level1) for m in a] == [(m.needle, m.id, m.level1) for m in b]
         for x, y in zip(a, b):
             assert abs(x.level2 - y.level2) <= 1e-6
-            assert all(abs(p - q) <= 1 for p, q in zip(x.offsets, y.offsets))
+            # offsets are modulo each period: 0 and T-1 are neighbours
+            assert all(min(abs(p - q), t - abs(p - q)) <= 1
+                       for p, q, t in zip(x.offsets, y.offsets, DEFAULT_PARAMS.periods)), (x, y)
 
 
 @pytest.mark.parametrize("c1,c2,top", [(0.7, 0.7, None), (-1.0, -1.0, None), (0.5, 0.5, 3)])
