@@ -47,11 +47,17 @@ def run(args: argparse.Namespace) -> int:
                              torch_threads=cfg.torch_threads)
     except (RuntimeError, ValueError) as e:
         raise CliError(str(e), 2) from None
-    failures = 0
+    failures, frames = 0, 0
     bar = Progress(len(args.videos), "hash", "video")
+
+    def on_frames(n: int) -> None:  # long videos show progress too, not only finished ones
+        nonlocal frames
+        frames += n
+        bar.update(0, frames=frames)
+
     for video, target in zip(args.videos, targets):
         try:
-            feats = hasher.hash(video)
+            feats = hasher.hash(video, progress=on_frames)
             write_tmk(target, feats)
         except DecodeError as e:
             failures += 1
