@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
 from engine.decode import VideoDecoder
@@ -14,7 +12,6 @@ from engine.features import FeatureBatch, TmkFeatures
 from engine.hasher import VideoHasher
 from engine.scoring import default_batch
 from kernels.device import resolve_device, strict_float
-from kernels.params import DEFAULT_PARAMS
 from kernels.score import TmkScorer, needle_coeffs
 
 #: Reference figures (shared/reference/threatexchange/README.md), for ratios.
@@ -60,30 +57,6 @@ def bench_hash(path: str | os.PathLike[str], mode: str = "auto", device: str = "
     }
 
 
-def synthetic_bank(n: int, base: Sequence[TmkFeatures] = (), noise: float = 0.003, seed: int = 0) -> FeatureBatch:
-    """n signatures made by perturbing `base` (or random ones), re-normalised like real features."""
-    p = DEFAULT_PARAMS
-    g = np.random.default_rng(seed)
-    shape = (p.num_periods, p.num_coeffs, p.dim)
-    sqrt_a = np.sqrt(p.coeffs32.astype(np.float64)).astype(np.float32).reshape(1, 1, -1, 1)
-    if base:
-        src = FeatureBatch.stack(list(base))
-        pick = np.arange(n) % len(src)
-        cos, sin, avg = src.cos[pick].copy(), src.sin[pick].copy(), src.avg[pick].copy()
-    else:
-        cos = g.standard_normal((n, *shape), dtype=np.float32)
-        sin = g.standard_normal((n, *shape), dtype=np.float32)
-        avg = g.standard_normal((n, p.dim), dtype=np.float32) * 100
-    for arr in (cos, sin):
-        arr += g.standard_normal(arr.shape, dtype=np.float32) * noise
-        nrm = np.linalg.norm(arr, axis=-1, keepdims=True)
-        np.divide(arr, np.where(nrm > 0, nrm, 1), out=arr)
-        arr *= sqrt_a
-    sin[:, :, 0] = 0
-    avg += g.standard_normal(avg.shape, dtype=np.float32) * noise * 100
-    return FeatureBatch(avg, cos, sin, np.full(n, 300), [f"syn{i}" for i in range(n)], p)
-
-
 def bench_score(bank: FeatureBatch, needle: TmkFeatures, device: str = "auto", batch: int = 0,
                 repeat: int = 3, dtype: str = "fp32") -> dict[str, Any]:
     """Level-2 pairs/s of one needle against `bank` (candidates resident on the device)."""
@@ -115,7 +88,3 @@ def bench_score(bank: FeatureBatch, needle: TmkFeatures, device: str = "auto", b
             "seconds": round(best, 4), "pairs_per_s": round(rate, 1),
             "reference_pairs_per_s": REFERENCE_LEVEL2_PAIRS_PER_S,
             "ratio_vs_reference_one_core": round(rate / REFERENCE_LEVEL2_PAIRS_PER_S, 1)}
-
-
-def reference_bank_files(directory: str | os.PathLike[str]) -> list[Path]:
-    return sorted(Path(directory).glob("*.tmk"))

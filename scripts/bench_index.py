@@ -15,7 +15,7 @@ GPU machine's disk):
 
     python scripts/bench_index.py --device cuda --items 1000000 --store fp16 --needles 1000
 
-Bank: item i perturbs real hash i mod 15 (engine/index/synthetic.py); a fraction
+Bank: item i perturbs real hash i mod 15 (engine/synthetic.py); a fraction
 --near-fraction are near copies (cosine ~0.96 to their base), the rest far (~0.3), so a
 needle has a realistic handful of level-1 candidates.  Needles are near copies of bank items,
 half of them near items.  Prints one JSON object on stdout; progress goes to stderr.
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from engine.features import TmkFeatures  # noqa: E402
 from engine.index import VideoIndex  # noqa: E402
 from engine.index.segment import unit_average  # noqa: E402
-from engine.index.synthetic import mixed_strengths, perturb_rows  # noqa: E402
+from engine.synthetic import mixed_strengths, perturb_rows  # noqa: E402
 from engine.tmkfile import iter_tmk_paths, read_many, to_bytes  # noqa: E402
 from kernels.device import resolve_device  # noqa: E402
 

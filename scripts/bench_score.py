@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.bench import REFERENCE_LEVEL2_PAIRS_PER_S, bench_score, synthetic_bank  # noqa: E402
+from engine.bench import REFERENCE_LEVEL2_PAIRS_PER_S, bench_score  # noqa: E402
+from engine.synthetic import synthetic_batch  # noqa: E402
 from engine.tmkfile import read_many  # noqa: E402
 from kernels.tmk import TWO_PI  # noqa: E402
 
@@ -56,7 +57,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = read_many(sorted(REF_TMK.glob("*.tmk"))) if REF_TMK.is_dir() else []
-    bank = synthetic_bank(args.pairs, base)
+    bank = synthetic_batch(args.pairs, base)
     needle = base[0] if base else bank[0]
     ours = bench_score(bank, needle, args.device, args.batch, 3, args.dtype)
     p = bank.params

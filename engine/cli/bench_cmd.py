@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from engine.bench import bench_hash, bench_score, synthetic_bank
+from engine.bench import bench_hash, bench_score
+from engine.synthetic import synthetic_batch
 from engine.cli.common import CliError
 from engine.decode import DecodeError
 from engine.tmkfile import TmkFormatError, iter_tmk_paths, read_many
@@ -54,7 +55,7 @@ def run_score(args: argparse.Namespace) -> int:
         base = read_many(iter_tmk_paths(args.source)) if args.source else []
     except TmkFormatError as e:
         raise CliError(str(e)) from None
-    bank = synthetic_bank(args.pairs, base)
+    bank = synthetic_batch(args.pairs, base)
     needle = base[0] if base else bank[0]
     print(json.dumps(bench_score(bank, needle, args.device, args.batch, args.repeat, args.dtype), indent=2))
     return 0

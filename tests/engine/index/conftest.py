@@ -10,7 +10,7 @@ import torch
 
 from engine.features import FeatureBatch, TmkFeatures
 from engine.index.segment import unit_average
-from engine.index.synthetic import mixed_strengths, perturbed_features
+from engine.synthetic import mixed_strengths, perturbed_features
 from engine.scoring import Scorer
 from engine.tmkfile import read_many
 

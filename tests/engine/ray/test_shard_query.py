@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from engine.index import VideoIndex
-from engine.index.synthetic import mixed_strengths, perturbed_features
+from engine.synthetic import mixed_strengths, perturbed_features
 from engine.ray.shard_query import ShardedQuery, ShardView, merge
 from engine.tmkfile import read_many
 from kernels.params import DEFAULT_PARAMS

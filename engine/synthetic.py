@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine.features import TmkFeatures
+from engine.features import FeatureBatch, TmkFeatures
+from kernels.params import DEFAULT_PARAMS, TmkParams
 
 
 def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,3 +60,43 @@ def mixed_strengths(n: int, near_fraction: float, seed: int = 0, near: float = 0
     s = np.full(n, far, dtype=np.float32)
     s[rng.random(n) < near_fraction] = near
     return s
+
+
+def random_signatures(n: int, params: TmkParams = DEFAULT_PARAMS, seed: int = 0) -> list[TmkFeatures]:
+    """Random signatures with the invariants of real ones (block norms sqrt(a_j), sin of j = 0 zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (params.num_periods, params.num_coeffs, params.dim)
+    sqrt_a = torch.from_numpy(params.coeffs32.astype(np.float64)).sqrt().float().view(1, -1, 1)
+    out = []
+    for i in range(n):
+        cos = _unit(torch.randn(shape, generator=gen))[0] * sqrt_a
+        sin = _unit(torch.randn(shape, generator=gen))[0] * sqrt_a
+        sin[:, 0] = 0
+        out.append(TmkFeatures(torch.randn(params.dim, generator=gen).numpy() * 100, cos.numpy(), sin.numpy(),
+                               300, params, f"random-{i}"))
+    return out
+
+
+def synthetic_batch(n: int, bases: Sequence[TmkFeatures] = (), strength: float = 0.2, seed: int = 0,
+                    chunk: int = 1024) -> FeatureBatch:
+    """n perturbed copies (item i from base i mod len(bases)) stacked as a FeatureBatch.
+
+    Without bases, 15 random signatures are perturbed. Generated base by base in chunks, so
+    the temporaries stay bounded whatever n is.
+    """
+    bases = list(bases) or random_signatures(15, seed=seed)
+    p = bases[0].params
+    gen = torch.Generator().manual_seed(seed)
+    avg = np.empty((n, p.dim), np.float32)
+    cos = np.empty((n, p.num_periods, p.num_coeffs, p.dim), np.float32)
+    sin = np.empty_like(cos)
+    for k, f in enumerate(bases):
+        base_avg, base_rows = torch.from_numpy(f.avg), torch.from_numpy(np.stack([f.cos, f.sin]))
+        idx = np.arange(k, n, len(bases))
+        for s in range(0, len(idx), chunk):
+            j = idx[s:s + chunk]
+            a, rows = perturb_rows(base_avg, base_rows, torch.full((len(j),), strength), gen)
+            avg[j], cos[j], sin[j] = a.numpy(), rows[:, 0].numpy(), rows[:, 1].numpy()
+    names = [f"syn-{i:07d}-{bases[i % len(bases)].name}" for i in range(n)]
+    counts = np.array([bases[i % len(bases)].frame_count for i in range(n)], dtype=np.int64)
+    return FeatureBatch(avg, cos, sin, counts, names, p)
