@@ -77,6 +77,12 @@ class FeatureBatch:
             params,
         )
 
+    def view(self, start: int, stop: int | None = None) -> "FeatureBatch":
+        """Items start..stop as views of these arrays (no copy)."""
+        sl = slice(start, stop)
+        return FeatureBatch(self.avg[sl], self.cos[sl], self.sin[sl], self.frame_counts[sl], self.names[sl],
+                            self.params)
+
     def __getitem__(self, i: int) -> TmkFeatures:
         return TmkFeatures(self.avg[i], self.cos[i], self.sin[i], int(self.frame_counts[i]),
                            self.params, self.names[i])

@@ -72,9 +72,9 @@ class Scorer:
         n_cos, n_sin = self._t(needle.cos), self._t(needle.sin)
         for s in range(0, len(todo), self.batch_size):
             idx = todo[s:s + self.batch_size]
-            full = len(idx) == nb
-            c_cos = self._t(cands.cos if full else cands.cos[idx])
-            c_sin = self._t(cands.sin if full else cands.sin[idx])
+            # a run of consecutive candidates is a view; only scattered ones are gathered (copied)
+            rows = slice(int(idx[0]), int(idx[-1]) + 1) if idx[-1] - idx[0] + 1 == len(idx) else idx
+            c_cos, c_sin = self._t(cands.cos[rows]), self._t(cands.sin[rows])
             sc, off = self._kernel.level2(n_cos, n_sin, c_cos, c_sin)
             l2[idx] = sc.cpu().numpy()
             offs[idx] = off.cpu().numpy()

@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
                     out.write(_line(l1, l2, args.needle, name))
             return 0
         order = sorted(range(len(names)), key=lambda i: names[i])
+        bank = FeatureBatch.stack([feats[i] for i in order])  # stacked once; each row scores the views after it
         for pos, i in enumerate(order[:-1]):
-            rest = order[pos + 1:]
-            res = scorer.one_to_many(feats[i], FeatureBatch.stack([feats[j] for j in rest]), c1)
-            for j, l1, l2 in zip(rest, res.level1, res.level2):
+            res = scorer.one_to_many(feats[i], bank.view(pos + 1), c1)
+            for j, l1, l2 in zip(order[pos + 1:], res.level1, res.level2):
                 if l1 >= c1 and l2 >= c2:
                     out.write(_line(l1, l2, names[i], names[j]))
     except IncompatibleError as e:
