@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 
 import numpy as np
 
 from engine.cli.common import CliError
-from engine.tmkfile import TmkFormatError, read_tmk
+from engine.tmkfile import TmkFormatError, read_tmk, to_bytes
 
 REL_TOL = 1e-6
 
@@ -61,12 +60,11 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     f = _read(args.file)
     p = f.params
-    with open(args.file, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
+    data = to_bytes(f)  # a validated file re-serialises to exactly its bytes: no second read
     info = {
         "file": args.file,
-        "bytes": os.path.getsize(args.file),
-        "sha256": digest,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "project_magic": "TMK1",
         "file_type": "FVEC",
         "algorithm": p.algorithm.decode(),
