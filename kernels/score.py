@@ -35,16 +35,6 @@ def level1(a_avg: torch.Tensor, b_avg: torch.Tensor) -> torch.Tensor:
     return torch.where((na == 0) & (nb == 0), torch.zeros_like(out), out)
 
 
-def level1_matrix(a_avg: torch.Tensor, b_avg: torch.Tensor) -> torch.Tensor:
-    """All-pairs level-1: [N,d] x [B,d] -> [N,B] (a matrix product of unit vectors)."""
-    a = a_avg.to(torch.float32)
-    b = b_avg.to(torch.float32)
-    na = torch.linalg.vector_norm(a, dim=-1, keepdim=True)
-    nb = torch.linalg.vector_norm(b, dim=-1, keepdim=True)
-    out = (a @ b.T) / (na * nb.T)
-    return torch.where((na == 0) & (nb.T == 0), torch.zeros_like(out), out)
-
-
 def pair_coeffs(a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Tensor, b_sin: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair trig-polynomial coefficients, broadcast over a leading batch axis.
@@ -204,17 +194,3 @@ class TmkScorer:
         else:
             k0, a, b = pair_coeffs(a_cos, a_sin, b_cos, b_sin)
         return self.level2_from_coeffs(k0, a, b)
-
-
-def level2_exhaustive(k0: np.ndarray, a: np.ndarray, b: np.ndarray, params: TmkParams = DEFAULT_PARAMS
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 scan of every offset (the definition, for tests): best [B,P], offset [B,P]."""
-    j = np.arange(1, params.num_coeffs, dtype=np.float64)
-    best = np.empty(k0.shape)
-    arg = np.empty(k0.shape, dtype=np.int64)
-    for i, period in enumerate(params.periods):
-        delta = TWO_PI * np.arange(period) / period
-        ang = j[:, None] * delta[None, :]
-        k = k0[:, i:i + 1] + a[:, i] @ np.cos(ang) + b[:, i] @ np.sin(ang)
-        best[:, i], arg[:, i] = k.max(1), k.argmax(1)
-    return best, arg
