@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.oracle import Oracle, require_oracle
 from tests.videos import reference_dir
 
 SKIP_REF = "reference corpus ../shared/reference/threatexchange not found next to the checkout"
@@ -17,6 +18,12 @@ def ref_dir() -> Path:
     if d is None:
         pytest.skip(SKIP_REF)
     return d
+
+
+@pytest.fixture(scope="session")
+def oracle() -> Oracle:
+    """The reference tools built from ../shared/reference/oracle, with the system ffmpeg 5.1."""
+    return require_oracle()
 
 
 @pytest.fixture(scope="session")
