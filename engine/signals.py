@@ -199,17 +199,8 @@ def iter_signal_list(path: str | os.PathLike[str]) -> Iterator[SignalLine | Sign
 
 
 def read_signal_list(path: str | os.PathLike[str]) -> Iterator[SignalLine]:
-    """The entries of a signal list file, streamed; errors name the file (and line)."""
-    fh = _open_list(path, "r", encoding="ascii", newline="")
-    with fh:
-        n = 0
-        try:
-            for n, line in enumerate(fh, 1):
-                try:
-                    entry = parse_line(line, n)
-                except SignalError as e:
-                    raise SignalError(f"{Path(path)}:{n}", e.reason) from None
-                if entry is not None:
-                    yield entry
-        except UnicodeDecodeError:
-            raise SignalError(f"{Path(path)}:{n + 1}", "not ASCII text") from None
+    """The entries of a signal list file, streamed; the first bad line raises (naming file and line)."""
+    for entry in iter_signal_list(path):
+        if isinstance(entry, SignalError):
+            raise entry
+        yield entry
