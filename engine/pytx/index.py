@@ -12,6 +12,7 @@ unpickling imports neither torch nor faiss (they load on the first query).
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import typing as t
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from engine import signals
 from engine.tmkfile import from_bytes
 from kernels.params import DEFAULT_PARAMS
 
+log = logging.getLogger(__name__)
 _P = DEFAULT_PARAMS
 _ROW_SHAPE = (2, _P.num_periods, _P.num_coeffs, _P.dim)
 _DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -105,6 +107,19 @@ class TmkPdqfIndex(SignalTypeIndex[T]):
             self._keys[key] = len(self._entries)
             self._entries.append([entry])
             self._search = None
+
+    def add_all(self, entries: t.Iterable[t.Tuple[str, T]]) -> None:
+        """`add` each entry; an invalid signal is logged (one line) and skipped, so one bad hash
+        from an exchange does not stop the whole index from being built."""
+        bad = 0
+        for n, (signal_str, entry) in enumerate(entries, 1):
+            try:
+                self.add(signal_str, entry)
+            except signals.SignalError as e:
+                bad += 1
+                log.warning("tmk_pdqf index: entry %d (%r) skipped: %s", n, entry, e.reason)
+        if bad:
+            log.warning("tmk_pdqf index: %d invalid signals skipped", bad)
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """The stored form of a signature, converted as `vmatch index add` converts it."""

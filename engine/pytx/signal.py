@@ -73,6 +73,17 @@ class TmkPdqfSignal(signal_base.SignalType, signal_base.FileHasher, signal_base.
         """The canonical string; ValueError (engine.signals.SignalError) naming the cause otherwise."""
         return signals.normalize(signal_str)
 
+    @classmethod
+    def normalize_fb_threatexchange_indicator(cls, tx_type: str, tx_indicator: str,
+                                              tx_tag: t.Optional[str]) -> str:
+        """ThreatExchange HASH_TMK indicators in the canonical form (the exchange does not call
+        validate_signal_str); an invalid one is passed on as is and refused by the index."""
+        try:
+            return signals.normalize(tx_indicator)
+        except signals.SignalError as e:
+            log.warning("tmk_pdqf: invalid %s indicator: %s", tx_type, e.reason)
+            return tx_indicator
+
     # ------------------------------------------------------------------ hashing
     @classmethod
     def _video_hasher(cls) -> t.Any:

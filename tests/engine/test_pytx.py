@@ -155,6 +155,26 @@ def test_compare_hash_scores_thresholds_and_info(ref_tmks, ref_pairs):
     assert not other.match and info < other.distance      # closer sorts first (pytx: a distance)
 
 
+def test_threatexchange_hash_tmk_maps_to_tmk_pdqf(ref_tmks):
+    from threatexchange.exchanges.impl.fb_threatexchange_api import _make_indicator_type_mapping
+    assert _make_indicator_type_mapping([TmkPdqfSignal])["HASH_TMK"] == {None: [TmkPdqfSignal]}
+    raw = ref_tmks[DOOR].read_bytes()
+    b64 = __import__("base64").b64encode(raw).decode()
+    assert TmkPdqfSignal.normalize_fb_threatexchange_indicator("HASH_TMK", b64, None) == signals.encode(raw)
+    assert TmkPdqfSignal.normalize_fb_threatexchange_indicator("HASH_TMK", "junk", None) == "junk"
+
+
+def test_build_skips_invalid_signals_with_a_warning(caplog):
+    ex = TmkPdqfSignal.get_examples()
+    ix = TmkPdqfIndex.build([(ex[0], "a"), ("junk!", "b"), (ex[1][:-8], "c")])
+    assert len(ix) == 1 and [m.metadata for m in ix.query(ex[0])] == ["a"]
+    warn = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'b'" in w and "invalid base64" in w for w in warn)
+    assert any("'c'" in w and "truncated body" in w for w in warn) and warn[-1].endswith("2 invalid signals skipped")
+    with pytest.raises(ValueError):
+        ix.add("junk", "d")
+
+
 def test_hash_from_file_of_a_non_video_is_empty(tmp_path):
     bad = tmp_path / "x.mp4"
     bad.write_text("not a video\n")
