@@ -152,7 +152,10 @@ class TmkPdqfIndex(SignalTypeIndex[T]):
         return self._search
 
     def query(self, query: str) -> t.List[IndexMatch[T]]:
-        """Every entry whose signal has level-1 >= and level-2 >= the thresholds, best first."""
+        """Every entry whose signal has level-1 >= and level-2 >= the thresholds, best first;
+        ValueError for an invalid signal, no matches for an empty one."""
+        if isinstance(query, str) and not query.strip():
+            return []   # pytx's hash of a file that could not be hashed (hash_from_file logged why)
         needle = signals.decode(query, "<query>", _P)
         with self._lock:  # one query at a time: the search sets torch's thread count around level-2
             ix = self._searcher()

@@ -54,7 +54,8 @@ class TmkPdqfSignal(signal_base.SignalType, signal_base.FileHasher, signal_base.
 
     _hasher: t.Any = None
     _scorer: t.Any = None
-    _lock = threading.Lock()
+    _lock = threading.Lock()          # creating the hasher and the scorer
+    _hash_lock = threading.Lock()     # the hasher is stateful: one video at a time
 
     @classmethod
     def get_name(cls) -> str:
@@ -106,10 +107,10 @@ class TmkPdqfSignal(signal_base.SignalType, signal_base.FileHasher, signal_base.
 
         hasher = cls._video_hasher()
         try:
-            with cls._lock:   # the hasher is stateful
+            with cls._hash_lock:
                 feats = hasher.hash(str(file))
         except (DecodeError, OSError) as e:
-            log.warning("tmk_pdqf: cannot hash %s: %s", file, e)
+            log.warning("tmk_pdqf: cannot hash %s: %s", file, e)   # shown by `threatexchange -v`
             return ""
         return signals.encode(feats)
 

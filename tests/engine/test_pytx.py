@@ -98,6 +98,14 @@ def test_match_video_finds_the_reencoded_copy_only(session, videos):
     assert tx(session["state"], "match", "video", videos["other"]) == ""
 
 
+def test_a_file_that_is_not_a_video_hashes_and_matches_to_nothing(session, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video\n")
+    assert [ln.split(" ")[0] for ln in tx(session["state"], "hash", "video", bad).splitlines()] == \
+        ["video_md5", "video_sha256"]
+    assert tx(session["state"], "match", "video", bad) == ""
+
+
 def test_match_hashes(session, tmp_path):
     door = signals.decode_bytes(session["bank"].read_text().splitlines()[0].split(" ", 1)[1])
     good = tmp_path / "good.txt"
