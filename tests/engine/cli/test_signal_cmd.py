@@ -154,3 +154,12 @@ def test_index_add_signals_is_all_or_nothing(capsys, tmks, tmp_path):
     assert rc == 1 and "no such file" in err
     rc, _, err = _run(capsys, "index", "add", ix, tmks[0], "--signals", dup)
     assert rc == 2 and "either PATH... or --signals" in err
+
+
+def test_decode_reads_stdin(capsys, tmks, tmp_path, monkeypatch):
+    import io
+    line = f"tmk_pdqf {signals.encode(tmks[1].read_bytes())}\tfrom-stdin\n".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\n" + line)))
+    rc, out, err = _run(capsys, "signal", "decode", "-", "-d", tmp_path)
+    assert rc == 0 and out == err == ""
+    assert (tmp_path / "from-stdin.tmk").read_bytes() == tmks[1].read_bytes()
