@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from engine import signals
 from engine.features import TmkFeatures
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
@@ -404,8 +405,6 @@ class VideoIndex:
         (ids first, then each signal again by its byte offset when it is stored), so memory
         holds one batch of signatures, not the whole list.
         """
-        from engine import signals
-
         where = str(Path(path))
         ids, sources, offsets = [], [], []
         with open(path, "rb") as fh:
