@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from engine.errors import DecodeError, DecodeTimeout
 from kernels.params import DEFAULT_PARAMS
 
 __all__ = [
@@ -60,22 +61,7 @@ _ROTATION_SLACK = 1.0
 
 BACKENDS = ("auto", "decord", "pyav")
 
-
-class DecodeError(Exception):
-    """A video could not be decoded; ``str(e)`` is one line ``"<path>: <reason>"``."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = _one_line(reason)
-        super().__init__(f"{self.path}: {self.reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep the (path, reason) signature across pickling (e.g. Ray/multiprocessing).
-        return (type(self), (self.path, self.reason))
-
-
-class DecodeTimeout(DecodeError):
-    """Decoding one video took longer than its ``timeout_s`` budget."""
+# DecodeError / DecodeTimeout live in engine.errors (one error model); importable from here as before.
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from engine.errors import check_compatible
 from kernels.params import DEFAULT_PARAMS, TmkParams
 
 
@@ -65,9 +66,7 @@ class FeatureBatch:
             return cls(np.zeros((0, p.dim), np.float32), z, z.copy(), np.zeros(0, np.int64), [], p)
         params = items[0].params
         for it in items[1:]:
-            why = params.incompatibility(it.params)
-            if why:
-                raise ValueError(f"{it.name or '<features>'}: incompatible TMK parameters ({why})")
+            check_compatible(params, it.params, it.name or "<features>", f"{items[0].name or 'the first'}'s")
         return cls(
             np.stack([i.avg for i in items]),
             np.stack([i.cos for i in items]),

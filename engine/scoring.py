@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from engine.errors import IncompatibleError, check_compatible
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.device import resolve_device, strict_float
 from kernels.params import TmkParams
@@ -16,10 +17,6 @@ from kernels.score import DEFAULT_GRID, TmkScorer, level1
 def default_batch(device: torch.device) -> int:
     """Candidates per level-2 batch: cache-sized on CPU (measured best at 512), large on CUDA to fill the GPU."""
     return 32768 if device.type == "cuda" else 512
-
-
-class IncompatibleError(ValueError):
-    """Two signatures whose TMK parameters differ (spec 6.1) cannot be compared."""
 
 
 @dataclass
@@ -33,12 +30,6 @@ class ScoreResult:
     level1: np.ndarray
     level2: np.ndarray
     offsets: np.ndarray
-
-
-def check_compatible(a: TmkParams, b: TmkParams, what: str = "") -> None:
-    why = a.incompatibility(b)
-    if why:
-        raise IncompatibleError(f"{what + ': ' if what else ''}incompatible TMK parameters ({why})")
 
 
 class Scorer:

@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from engine.errors import FormatError
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.params import TmkParams
 
@@ -21,17 +22,8 @@ HEADER = struct.Struct("<4s4s4s5i")  # magics, algorithm, fps, P, m, d, frame co
 _MAX_P, _MAX_M, _MAX_D = 64, 1024, 4096
 
 
-class TmkFormatError(ValueError):
-    """A `.tmk` file that is not a valid FVEC signature; str() is `<path>: <reason>`."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
-
-
-def file_size(params: TmkParams) -> int:
-    p, m, d = params.num_periods, params.num_coeffs, params.dim
-    return HEADER.size + 4 * (p + m + d + 2 * p * m * d)
+#: A `.tmk` file that is not a valid FVEC signature; str() is `<path>: <reason>` (engine.errors).
+TmkFormatError = FormatError
 
 
 def to_bytes(f: TmkFeatures) -> bytes:

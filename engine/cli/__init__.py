@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from engine.cli.common import CliError, fail
+from engine.cli.errors import run_command
 
 #: Modules under engine.cli that add subcommands (order = order in --help).
 COMMAND_MODULES = [
@@ -81,14 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = _command_of(sys.argv[1:] if argv is None else argv)
     parser = build_parser([LIGHT_COMMANDS[cmd]] if cmd in LIGHT_COMMANDS else COMMAND_MODULES)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CliError as e:
-        return fail(str(e), e.code)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
-    except BrokenPipeError:
-        return 0
+    return run_command(lambda: args.func(args), args.command)  # engine/cli/errors.py: one line, exit code
 
 
 if __name__ == "__main__":

@@ -91,14 +91,14 @@ def run(args: argparse.Namespace) -> int:
             _ensure_index(args.index, cfg)
         summary = Backfill(opts, quiet=args.quiet).run(iter_inputs(args.manifest, args.inputs))
     except (BackfillError, ClusterError, ManifestError, LedgerError) as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     except DecodeError as e:  # not expected here (workers report them), but never a traceback
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     except Exception as e:  # index errors (VideoIndexError) and the like: one line
         from engine.index import VideoIndexError
 
         if isinstance(e, VideoIndexError):
-            raise CliError(str(e)) from None
+            raise CliError.of(e) from None
         raise
     for line in summary.lines():
         print(line, file=sys.stderr, flush=True)

@@ -45,7 +45,7 @@ def run_hash(args: argparse.Namespace) -> int:
     try:
         print(json.dumps(bench_hash(args.video, args.mode, args.device, args.repeat), indent=2))
     except DecodeError as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     return 0
 
 
@@ -54,7 +54,7 @@ def run_score(args: argparse.Namespace) -> int:
     try:
         base = read_many(iter_tmk_paths(args.source)) if args.source else []
     except TmkFormatError as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     bank = synthetic_batch(args.pairs, base)
     needle = base[0] if base else bank[0]
     print(json.dumps(bench_score(bank, needle, args.device, args.batch, args.repeat, args.dtype), indent=2))

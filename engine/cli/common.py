@@ -9,17 +9,8 @@ from typing import Any
 from engine.config import Config, load_config
 
 
-class CliError(Exception):
-    """An expected failure: printed as `vmatch: <message>`, no traceback."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message: str, code: int = 1) -> int:
-    print(f"vmatch: {message}", file=sys.stderr, flush=True)
-    return code
+# CliError and fail live in engine.cli.errors (the one error mapping); importable from here as before.
+from engine.cli.errors import CliError, fail  # noqa: E402,F401
 
 
 def config_from(args: argparse.Namespace) -> Config:

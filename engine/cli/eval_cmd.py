@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         feats = pipeline.load_features(lset, store, bar)
     except pipeline.ItemError as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     finally:
         bar.close()
     t_feat = time.monotonic() - t0
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         scorer = Scorer(feats[0].params, args.device or cfg.score.device, cfg.score.batch_size)
         scores = pipeline.score_pairs(lset, feats, scorer, bar)
     except IncompatibleError as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     except (RuntimeError, ValueError) as e:
         raise CliError(str(e).splitlines()[0], 2) from None
     finally:

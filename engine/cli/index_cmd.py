@@ -37,7 +37,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except (VideoIndexError, TmkFormatError, DecodeError, IncompatibleError) as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     except RuntimeError as e:  # e.g. CUDA requested without a device
         raise CliError(str(e), 2) from None
 

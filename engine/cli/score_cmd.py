@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         feats = read_many(names)
     except TmkFormatError as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     try:
         scorer = Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size, cfg.grid)
         out = sys.stdout
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                 if l1 >= c1 and l2 >= c2:
                     out.write(_line(l1, l2, names[i], names[j]))
     except IncompatibleError as e:
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     return 0
 
 

@@ -109,7 +109,7 @@ def run_decode(args: argparse.Namespace) -> int:
                 continue
             written[name] = entry.lineno
     except SignalError as e:  # the list itself cannot be read
-        raise CliError(str(e)) from None
+        raise CliError.of(e) from None
     if failures:
         return fail(f"{failures} of {lines} signals failed")
     return 0

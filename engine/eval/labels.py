@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from engine.errors import FormatError
 
 #: Files treated as videos (hashed); ``.tmk`` files are read as signatures.
 VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
@@ -31,12 +32,12 @@ _TRUE = {"1", "true", "yes", "y", "match", "same", "positive"}
 _FALSE = {"0", "false", "no", "n", "nonmatch", "non-match", "no-match", "different", "negative"}
 
 
-class LabelError(ValueError):
+class LabelError(FormatError):
     """Invalid labelled input; str() is ``<where>: <reason>``."""
 
-    def __init__(self, where: str | os.PathLike[str], reason: str) -> None:
-        self.where, self.reason = str(where), reason
-        super().__init__(f"{where}: {reason}")
+    @property
+    def where(self) -> str:
+        return self.path
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 from engine.eval.labels import LabelledSet, is_tmk
 from engine.features import FeatureBatch, TmkFeatures
 from engine.tmkfile import read_tmk, write_tmk
+from engine.errors import InputError
 
 
 class Hasher(Protocol):
@@ -86,7 +87,7 @@ class FeatureStore:
         return feats
 
 
-class ItemError(Exception):
+class ItemError(InputError):
     """An item that could not be read, hashed or cached; str() is one line ``<path>: <reason>``."""
 
 

@@ -7,6 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from engine.eval import metrics
+from engine.errors import VmatchError
 
 _DPI = 90
 _COLORS = {"level1": "#1f77b4", "level2": "#ff7f0e", "two_level": "#2ca02c"}
@@ -14,7 +15,7 @@ _LABELS = {"level1": "level-1", "level2": "level-2", "two_level": "two-level (c1
 MATCH, NONMATCH = "#d62728", "#7f7f7f"
 
 
-class PlotsUnavailable(RuntimeError):
+class PlotsUnavailable(VmatchError, RuntimeError):
     """matplotlib is not installed."""
 
 

@@ -1,7 +1,8 @@
 """Persistent sharded index of TMK signatures: faiss level-1, batched level-2, duplicate clusters."""
 from engine.index.cluster import connected_components
 from engine.index.index import Match, QueryStats, VideoIndex, shard_of
-from engine.index.manifest import (FORMAT_VERSION, IndexCorruptError, IndexFormatError, VideoIndexError)
+from engine.index.manifest import (FORMAT_VERSION, IndexCorruptError, IndexFormatError, IndexLockedError,
+                                   VideoIndexError)
 
 __all__ = ["VideoIndex", "Match", "QueryStats", "shard_of", "connected_components", "FORMAT_VERSION",
-           "VideoIndexError", "IndexCorruptError", "IndexFormatError"]
+           "VideoIndexError", "IndexCorruptError", "IndexFormatError", "IndexLockedError"]

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from engine import signals
+from engine.errors import VmatchError, check_compatible, storage_error
 from engine.features import TmkFeatures
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
 from engine.index.level2 import PairScorer
-from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, FileRef, IndexCorruptError,
+from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, FileRef, IndexCorruptError, IndexLockedError,
                                    IndexFormatError, Manifest,
                                    read_manifest, write_manifest)
 from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepare, read_checked, unit_average,
@@ -320,7 +321,10 @@ class VideoIndex:
         """Exclusive writer section on the latest manifest; leftovers of crashed writers are removed."""
         if self._memory:
             raise IndexFormatError(self.root, "an in-memory index is read-only")
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # read-only mount, permission: a one-line refusal, reading still works
+            raise storage_error(e, self.root) from None
         try:
             deadline = time.monotonic() + self.lock_timeout_s
             while True:
@@ -329,12 +333,19 @@ class VideoIndex:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise IndexFormatError(self.root, f"another process has been writing to this index "
+                        raise IndexLockedError(self.root, f"another process has been writing to this index "
                                                           f"for over {self.lock_timeout_s:g} s") from None
                     time.sleep(0.05)
             self.reload()
             self._remove_orphans(self.manifest)
-            yield self.manifest
+            try:
+                yield self.manifest
+            except OSError as e:
+                if isinstance(e, VmatchError):
+                    raise
+                # disk full and the like: the manifest was not replaced, so the index is as it was;
+                # the next writer removes the files this one left (_remove_orphans)
+                raise storage_error(e, self.root, "nothing was changed") from None
         finally:
             os.close(fd)
             self.reload()
@@ -447,9 +458,7 @@ class VideoIndex:
 
             def load(k: int) -> Prepared:
                 f = jobs[k]()
-                why = self.params.incompatibility(f.params)
-                if why:
-                    raise TmkFormatError(sources[k], f"TMK parameters differ from the index's ({why})")
+                check_compatible(self.params, f.params, sources[k], "the index's")
                 return prepare(f, ids[k], sources[k], store)
 
             try:
@@ -557,9 +566,7 @@ class VideoIndex:
     # ------------------------------------------------------------------------ querying
     def _needles(self, feats: Sequence[TmkFeatures]) -> _Needles:
         for f in feats:
-            why = self.params.incompatibility(f.params)
-            if why:
-                raise IndexFormatError(f.name or "<needle>", f"TMK parameters differ from the index's ({why})")
+            check_compatible(self.params, f.params, f.name or "<needle>", "the index's")
         d = self.params.dim
         unit = np.stack([unit_average(f.avg) for f in feats]) if feats else np.zeros((0, d), np.float32)
         cos = torch.from_numpy(np.stack([f.cos for f in feats])).to(self.device) if feats else torch.zeros(0)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.errors import VmatchError
 from engine.tmkfile import atomic_write_bytes
 from kernels.params import TmkParams
 
@@ -23,12 +24,8 @@ COARSE_KINDS = ("flat", "ivf")
 STORE_KINDS = ("fp32", "fp16")
 
 
-class VideoIndexError(Exception):
+class VideoIndexError(VmatchError):
     """Base of index failures; str() is one line `<path>: <reason>` (the CLI prints it as is)."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 class IndexCorruptError(VideoIndexError):
@@ -37,6 +34,15 @@ class IndexCorruptError(VideoIndexError):
 
 class IndexFormatError(VideoIndexError):
     """Not an index, an index of a newer format, or a request the index cannot serve."""
+
+
+class IndexLockedError(IndexFormatError):
+    """Another writer changed or holds the index; retry the operation."""
+
+
+#: Short names of the engine.errors family (the classes above keep their names).
+IndexCorrupt = IndexCorruptError
+IndexLocked = IndexLockedError
 
 
 @dataclass

@@ -30,6 +30,7 @@ from engine.ray.cluster import RaySession, connect
 from engine.ray.ledger import Item, Ledger
 from engine.tmkfile import TmkFormatError, atomic_write_bytes, from_bytes
 from kernels.params import DEFAULT_PARAMS, TmkParams
+from engine.errors import VmatchError, check_compatible
 
 LEDGER_NAME = "backfill.ledger.sqlite"
 #: A run whose workers all stay unstarted (no free resources in the cluster) this long gives up.
@@ -97,7 +98,7 @@ class BackfillSummary:
                 "hash_frames_per_s": round(self.frames / max(self.hash_seconds, 1e-9), 1)}
 
 
-class BackfillError(RuntimeError):
+class BackfillError(VmatchError):
     """The run cannot go on (no output given, workers cannot start, ...); str() is one line."""
 
 
@@ -185,9 +186,7 @@ class Backfill:
             from engine.index import VideoIndex
 
             self.index = VideoIndex(self.opts.index, device="cpu")
-            why = self.index.params.incompatibility(self.opts.params)
-            if why:
-                raise BackfillError(f"{self.opts.index}: TMK parameters differ from the index's ({why})")
+            check_compatible(self.index.params, self.opts.params, self.opts.index, "the index's")
 
     def _settings(self, mode: str) -> dict[str, Any]:
         p = self.opts.params

@@ -5,6 +5,7 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+from engine.errors import VmatchError
 
 #: Defaults of the `ray:` config section (configs/default.yaml and configs/cluster.yaml override them).
 RAY_DEFAULTS: dict[str, Any] = {
@@ -27,7 +28,7 @@ RAY_DEFAULTS: dict[str, Any] = {
 }
 
 
-class ClusterError(RuntimeError):
+class ClusterError(VmatchError, RuntimeError):
     """Ray could not be started or joined; str() is one line."""
 
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from engine.errors import VmatchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -47,11 +48,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 PENDING, INDEXING, DONE, FAILED = "pending", "indexing", "done", "failed"
 
 
-class LedgerError(ValueError):
+class LedgerError(VmatchError, ValueError):
     """A ledger that cannot serve this run; str() is one line `<path>: <reason>`."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass

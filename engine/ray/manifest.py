@@ -10,6 +10,7 @@ import csv
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
+from engine.errors import FormatError
 
 #: File name endings taken as videos when a folder is walked.
 VIDEO_EXTENSIONS = frozenset({
@@ -21,12 +22,8 @@ PATH_COLUMNS = ("path", "video", "file", "filename", "uri")
 _PARQUET = (".parquet", ".pq")
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read; str() is one line `<path>: <reason>`."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
+class ManifestError(FormatError):
+    """An input list that cannot be read; str() is one line `<path>: <reason>`."""
 
 
 def _resolve(entry: str, base: Path) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from engine.features import TmkFeatures
 from engine.index import Match, VideoIndex
 from engine.ray.cluster import RaySession, connect, ray_config
+from engine.errors import check_compatible
 
 
 class ShardView(VideoIndex):
@@ -104,10 +105,7 @@ class ShardedQuery:
         import ray
 
         for f in needles:
-            why = self.params.incompatibility(f.params)
-            if why:
-                from engine.index import IndexFormatError
-                raise IndexFormatError(f.name or "<needle>", f"TMK parameters differ from the index's ({why})")
+            check_compatible(self.params, f.params, f.name or "<needle>", "the index's")
         batch = max(1, int(self.rc["query_batch"]))
         out: list[list[Match]] = []
         inflight: deque[list[Any]] = deque()
