@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "VmatchError", "InputError", "FormatError", "IncompatibleError", "DecodeError", "DecodeTimeout",
-    "StorageError", "ConfigError", "check_compatible", "one_line", "storage_error",
+    "StorageError", "ConfigError", "check_compatible", "one_line", "printable", "storage_error",
 ]
 
 #: Longest reason text kept in an error (reasons are meant to be one short line).
@@ -45,6 +45,13 @@ def one_line(text: object, limit: int = MAX_REASON) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\t, \\n, \\x1b ...), so a message stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 class VmatchError(Exception):
     """Base of vmatch's expected failures; ``str(e)`` is ``"<path>: <reason>"``, one line.
 
@@ -59,7 +66,8 @@ class VmatchError(Exception):
             path, reason = None, str(path)
         self.path = "" if path is None else str(path)
         self.reason = one_line(reason, 4 * MAX_REASON)
-        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+        # the path as given is kept in .path; the message escapes control characters in it
+        super().__init__(f"{printable(self.path)}: {self.reason}" if self.path else self.reason)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep the (path, reason) signature across pickling (e.g. Ray/multiprocessing).
@@ -110,7 +118,7 @@ class StorageError(VmatchError, OSError):
         self.errno = errno_
 
     def __str__(self) -> str:  # OSError's own __str__ would format (errno, strerror)
-        return f"{self.path}: {self.reason}" if self.path else self.reason
+        return f"{printable(self.path)}: {self.reason}" if self.path else self.reason
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path or None, self.reason, self.errno))

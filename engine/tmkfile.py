@@ -124,11 +124,7 @@ def write_tmk(path: str | os.PathLike[str], features: TmkFeatures) -> None:
 
 
 def iter_tmk_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand directories to the `.tmk` files inside them (sorted); files pass through."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.tmk") if q.is_file()))
-        else:
-            out.append(p)
-    return out
+    """Expand directories to the `.tmk` files inside them (sorted); files pass through (engine.inputs)."""
+    from engine.inputs import expand_tmk_paths
+
+    return expand_tmk_paths(paths)

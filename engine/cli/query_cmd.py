@@ -58,7 +58,7 @@ def run_query(args: argparse.Namespace) -> int:
             hasher = hasher or make_hasher(cfg, ix.params, args.device)
             return hasher.hash(path)
 
-        needles = load_needles(args.needles, hash_video)
+        needles = load_needles(args.needles, hash_video, ix.params)
         if args.ray:  # one Ray actor per shard, results merged (engine/ray/shard_query.py)
             from engine.ray.shard_query import cli_query
             results = cli_query(args, cfg, ic, needles, c1, c2, args.top)

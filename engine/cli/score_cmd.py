@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from engine.cli.common import CliError, config_from
+from engine.errors import check_compatible
 from engine.scoring import IncompatibleError, Scorer
 from engine.tmkfile import FeatureBatch, TmkFormatError, read_many
 
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         feats = read_many(names)
     except TmkFormatError as e:
         raise CliError.of(e) from None
+    for name, f in zip(names[1:], feats[1:]):  # name the file, not only its stem
+        check_compatible(feats[0].params, f.params, name, f"{names[0]}'s")
     try:
         scorer = Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size, cfg.grid)
         out = sys.stdout

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from engine.errors import FormatError
+from engine.inputs import VIDEO_EXTENSIONS, is_tmk
 
 #: Files treated as videos (hashed); ``.tmk`` files are read as signatures.
-VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
-                        ".wmv", ".3gp", ".ogv", ".y4m"})
+VIDEO_EXTS = VIDEO_EXTENSIONS  # one extension list (engine.inputs)
 _TRUE = {"1", "true", "yes", "y", "match", "same", "positive"}
 _FALSE = {"0", "false", "no", "n", "nonmatch", "non-match", "no-match", "different", "negative"}
 
@@ -77,10 +77,6 @@ class LabelledSet:
 
     def video_items(self) -> list[int]:
         return [i for i, p in enumerate(self.items) if not is_tmk(p)]
-
-
-def is_tmk(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() == ".tmk"
 
 
 def is_media(path: Path) -> bool:

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from engine import signals
-from engine.errors import VmatchError, check_compatible, storage_error
+from engine.errors import InputError, VmatchError, check_compatible, storage_error
 from engine.features import TmkFeatures
+from engine.inputs import id_problem
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
 from engine.index.level2 import PairScorer
@@ -369,6 +370,9 @@ class VideoIndex:
         for i, src in zip(ids, sources):
             if not i:
                 raise IndexFormatError(src, "empty item id; nothing was added")
+            why = id_problem(i)  # the one id rule (engine.inputs): no control characters
+            if why:
+                raise InputError(src, f"{why}; nothing was added")
             if i in seen:
                 raise IndexFormatError(src, f"duplicate id {i!r} in this batch (also {seen[i]}); nothing was added")
             if i in existing:

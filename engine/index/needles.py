@@ -5,19 +5,20 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from engine.errors import check_compatible
 from engine.features import TmkFeatures
+from engine.inputs import check_id, is_tmk  # noqa: F401  (is_tmk importable from here as before)
 from engine.tmkfile import iter_tmk_paths, read_many
-
-
-def is_tmk(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() == ".tmk"
+from kernels.params import TmkParams
 
 
 def load_needles(paths: Sequence[str | os.PathLike[str]],
-                 hash_video: Callable[[Path], TmkFeatures] | None = None) -> list[TmkFeatures]:
+                 hash_video: Callable[[Path], TmkFeatures] | None = None,
+                 params: TmkParams | None = None) -> list[TmkFeatures]:
     """Signatures named by file stem, in argument order (folders expand to their .tmk files).
 
     Anything that is not a `.tmk` file is a video, hashed with `hash_video` (required then).
+    With `params` (the index's), a needle of other parameters is an IncompatibleError naming its file.
     """
     expanded = iter_tmk_paths(paths)
     tmk = [p for p in expanded if is_tmk(p)]
@@ -30,4 +31,7 @@ def load_needles(paths: Sequence[str | os.PathLike[str]],
             if hash_video is None:
                 raise ValueError(f"{p}: not a .tmk file and no video hasher given")
             out.append(hash_video(p))
+        check_id(out[-1].name, p)  # needle names are printed in TSV: no control characters
+        if params is not None:
+            check_compatible(params, out[-1].params, p, "the index's")
     return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from engine.errors import VmatchError
+from engine.inputs import id_problem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -170,6 +171,9 @@ class Ledger:
             size, mtime, err = st.st_size, st.st_mtime_ns, None
         except OSError as e:
             size, mtime, err = -1, -1, ("no such file" if isinstance(e, FileNotFoundError) else e.strerror or str(e))
+        kind = "unreadable"
+        if err is None and id_problem(_stem_name(path)):  # the one id rule (engine.inputs)
+            kind, err = "refused", id_problem(_stem_name(path))
         row = cur.execute("SELECT status, size, mtime_ns, run FROM items WHERE path=?", (path,)).fetchone()
         if row is not None and row[3] == run:
             return  # listed twice in this run
@@ -179,10 +183,10 @@ class Ledger:
             if row is None:
                 cur.execute("INSERT INTO items(path, size, mtime_ns, status, name, kind, reason, run, updated) "
                             "VALUES (?,?,?,?,?,?,?,?,?)",
-                            (path, size, mtime, FAILED, self._free_name(cur, path), "unreadable", err, run, now))
+                            (path, size, mtime, FAILED, self._free_name(cur, path), kind, err, run, now))
             else:
                 cur.execute("UPDATE items SET status=?, kind=?, reason=?, run=?, updated=? WHERE path=?",
-                            (FAILED, "unreadable", err, run, now, path))
+                            (FAILED, kind, err, run, now, path))
             return
         if row is None:
             cur.execute("INSERT INTO items(path, size, mtime_ns, status, name, run, updated) VALUES (?,?,?,?,?,?,?)",

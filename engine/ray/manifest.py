@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from engine.errors import FormatError
 
-#: File name endings taken as videos when a folder is walked.
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg", ".ts", ".mts",
-    ".m2ts", ".3gp", ".3g2", ".ogv", ".vob", ".mxf", ".asf", ".f4v",
-})
+from engine.inputs import VIDEO_EXTENSIONS, walk_videos  # noqa: F401  (one extension list: engine.inputs)
 #: Column names accepted as the path column of a CSV or Parquet manifest (first match wins).
 PATH_COLUMNS = ("path", "video", "file", "filename", "uri")
 _PARQUET = (".parquet", ".pq")
@@ -93,21 +89,13 @@ def read_manifest(manifest: str | os.PathLike[str]) -> Iterator[str]:
                else _text_entries(m))
     try:
         for e in entries:
+            if "\0" in e:
+                raise ManifestError(m, "an entry contains a NUL byte (not a list of paths?)")
             yield _resolve(e, base)
     except UnicodeDecodeError as e:
         raise ManifestError(m, f"not a text manifest ({e.reason})") from None
     except OSError as e:
         raise ManifestError(m, e.strerror or str(e)) from None
-
-
-def walk_videos(folder: str | os.PathLike[str]) -> Iterator[str]:
-    """Video files under a folder (by extension), depth first in sorted order, lazily."""
-    root = os.path.abspath(folder)
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
-                yield os.path.join(dirpath, name)
 
 
 def iter_inputs(manifest: str | os.PathLike[str] | None = None,
