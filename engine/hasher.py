@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from engine.config import HashConfig
 from engine.decode import DecodeError, VideoDecoder, VideoInfo
 from engine.features import TmkFeatures
 from kernels.device import resolve_device, strict_float
@@ -21,7 +22,7 @@ from kernels.params import DEFAULT_PARAMS, TmkParams
 from kernels.pdqf import pdqf
 from kernels.tmk import TmkAccumulator
 
-ProgressFn = Callable[[int], None]
+from engine.progress import ProgressFn  # noqa: E402  (one progress type: engine.progress)
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
@@ -45,7 +46,7 @@ class VideoHasher:
     """Stateful hasher (reuse it across videos: tables and device setup are kept)."""
 
     def __init__(self, params: TmkParams = DEFAULT_PARAMS, mode: str = "auto", device: str | torch.device = "auto",
-                 chunk_frames: int = 256, timeout_s: float | None = None, backend: str = "auto",
+                 chunk_frames: int = 256, timeout_s: float | None = 600.0, backend: str = "auto",
                  fast_exact_below: float = 32.0, torch_threads: int | None = None) -> None:
         self.params = params
         self.device = resolve_device(device)
@@ -73,6 +74,15 @@ class VideoHasher:
                 progress(len(chunk))
         avg, cos, sin, count = acc.finalize()
         return TmkFeatures(avg, cos, sin, count, self.params, name)
+
+    @classmethod
+    def from_config(cls, cfg: "HashConfig", params: TmkParams = DEFAULT_PARAMS, **overrides: object) -> "VideoHasher":
+        """The one way to build a hasher from the ``hash:`` section; ``overrides`` (flags) win
+        where they are not None (e.g. ``device=args.device``)."""
+        kw = dict(mode=cfg.mode, device=cfg.device, chunk_frames=cfg.chunk_frames, timeout_s=cfg.timeout_s,
+                  backend=cfg.backend, fast_exact_below=cfg.fast_exact_below, torch_threads=cfg.torch_threads)
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(params, **kw)  # type: ignore[arg-type]
 
     def hash(self, path: str | os.PathLike[str], progress: ProgressFn | None = None) -> TmkFeatures:
         """Hash one video file; raises DecodeError (one-line reason) for unreadable input."""
@@ -126,7 +136,7 @@ def _prefetch(it: Iterator[np.ndarray], path: str, depth: int = 2) -> Iterator[n
 
 
 def hash_video(path: str | os.PathLike[str], mode: str = "auto", device: str = "auto",
-               timeout_s: float | None = None, params: TmkParams = DEFAULT_PARAMS) -> TmkFeatures:
+               timeout_s: float | None = 600.0, params: TmkParams = DEFAULT_PARAMS) -> TmkFeatures:
     """Hash one video to its TMK+PDQF signature (see VideoHasher for reuse across videos)."""
     return VideoHasher(params, mode, device, timeout_s=timeout_s).hash(path)
 

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from engine.config import ScoreConfig
 from engine.errors import IncompatibleError, check_compatible
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.device import resolve_device, strict_float
@@ -43,6 +44,11 @@ class Scorer:
             strict_float()
         self.batch_size = batch_size or default_batch(self.device)
         self._kernel = TmkScorer(params, self.device, grid)
+
+    @classmethod
+    def from_config(cls, cfg: "ScoreConfig", params: TmkParams, device: str | None = None) -> "Scorer":
+        """The one way to build a scorer from the ``score:`` section (``device`` overrides it)."""
+        return cls(params, device or cfg.device, cfg.batch_size, cfg.grid)
 
     def _t(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -39,13 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from engine.eval import EvalConfig
-
     cfg = config_from(args)
-    try:
-        ev = EvalConfig.from_section(cfg.section("eval"), f"{args.config or 'configs/default.yaml'}: eval")
-    except ValueError as e:
-        raise CliError(str(e), 2) from None
+    ev = dataclasses.replace(cfg.eval, grid=list(cfg.eval.grid))  # validated by the loader; flags change this copy
     for name in ("c1", "c2", "target_fpr"):
         if getattr(args, name) is not None:
             setattr(ev, name, getattr(args, name))
@@ -91,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.hasher import VideoHasher
 
         try:
-            hasher = VideoHasher(cfg.tmk, mode=mode, device=device, chunk_frames=hc.chunk_frames,
-                                 timeout_s=args.timeout or hc.timeout_s, backend=hc.backend,
-                                 fast_exact_below=hc.fast_exact_below)
+            hasher = VideoHasher.from_config(hc, cfg.tmk, mode=mode, device=device, timeout_s=args.timeout or None)
         except (RuntimeError, ValueError) as e:
             raise CliError(str(e), 2) from None
     lookup = _index_lookup(args.index, args.device or cfg.score.device) if args.index else None
@@ -108,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     t_feat = time.monotonic() - t0
     bar = Progress(len(lset.pairs), "score", "pair")
     try:
-        scorer = Scorer(feats[0].params, args.device or cfg.score.device, cfg.score.batch_size)
+        scorer = Scorer.from_config(cfg.score, feats[0].params, args.device)
         scores = pipeline.score_pairs(lset, feats, scorer, bar)
     except IncompatibleError as e:
         raise CliError.of(e) from None

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from(args).hash
+    config = config_from(args)
+    cfg = config.hash
     if args.output and len(args.videos) != 1:
         raise CliError("-o takes exactly one input video; use -d OUTDIR for several", 2)
     if args.outdir:
@@ -41,10 +42,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         targets = [Path(args.output)]
     try:
-        hasher = VideoHasher(mode=args.mode or cfg.mode, device=args.device or cfg.device,
-                             chunk_frames=cfg.chunk_frames, timeout_s=args.timeout or cfg.timeout_s,
-                             backend=args.backend or cfg.backend, fast_exact_below=cfg.fast_exact_below,
-                             torch_threads=cfg.torch_threads)
+        hasher = VideoHasher.from_config(cfg, config.tmk, mode=args.mode, device=args.device,
+                                         timeout_s=args.timeout or None, backend=args.backend)
     except (RuntimeError, ValueError) as e:
         raise CliError(str(e), 2) from None
     failures, frames = 0, 0

@@ -2,33 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from engine.cli.common import CliError, Progress, config_from
-from engine.config import Config
+from engine.config import Config, IndexConfig
 from engine.decode import DecodeError
+from engine.errors import VmatchError
 from engine.index import VideoIndex, VideoIndexError
 from engine.scoring import IncompatibleError
 from engine.tmkfile import TmkFormatError, iter_tmk_paths
 from kernels.params import TmkParams
 
-#: Defaults of the `index:` config section (configs/default.yaml overrides them).
-INDEX_DEFAULTS: dict[str, Any] = {
-    "shards": 4, "coarse": "flat", "store": "fp32", "ivf_nlist": 0, "ivf_nprobe": 16,
-    "c1": 0.7, "c2": 0.7, "batch_rows": 0, "add_workers": 8, "cluster_batch": 128,
-    "device": "auto", "verify_reads": True,
-}
+#: Defaults of the `index:` config section (typed in engine.config.IndexConfig).
+INDEX_DEFAULTS: dict[str, Any] = dataclasses.asdict(IndexConfig())
 
 
 def index_config(cfg: Config) -> dict[str, Any]:
-    sec = cfg.section("index")
-    unknown = set(sec) - set(INDEX_DEFAULTS)
-    if unknown:
-        raise CliError(f"config: index: unknown keys {sorted(unknown)}", 2)
-    return {**INDEX_DEFAULTS, **sec}
+    """The `index:` section as a mapping (validated when the configuration was loaded)."""
+    return cfg.section("index")
 
 
 @contextmanager
@@ -38,6 +33,8 @@ def cli_errors() -> Iterator[None]:
         yield
     except (VideoIndexError, TmkFormatError, DecodeError, IncompatibleError) as e:
         raise CliError.of(e) from None
+    except VmatchError:
+        raise  # mapped by engine.cli.errors (its own exit code)
     except RuntimeError as e:  # e.g. CUDA requested without a device
         raise CliError(str(e), 2) from None
 
@@ -45,9 +42,7 @@ def cli_errors() -> Iterator[None]:
 def make_hasher(cfg: Config, params: TmkParams, device: str | None):
     """A VideoHasher configured from the `hash:` section (for videos given instead of .tmk files)."""
     from engine.hasher import VideoHasher
-    h = cfg.hash
-    return VideoHasher(params, mode=h.mode, device=device or h.device, chunk_frames=h.chunk_frames,
-                       timeout_s=h.timeout_s, backend=h.backend, fast_exact_below=h.fast_exact_below)
+    return VideoHasher.from_config(cfg.hash, params, device=device)
 
 
 def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> VideoIndex:

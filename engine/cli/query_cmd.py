@@ -22,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("needles", nargs="+", metavar="NEEDLE", help=".tmk file, folder of them, or video")
     _thresholds(q)
     q.add_argument("--top", type=int, metavar="K", help="at most K matches per needle (default: all)")
-    from engine.ray.shard_query import add_ray_arguments  # --ray, --ray-address (engine/ray)
-    add_ray_arguments(q)
+    _ray_arguments(q)
     q.set_defaults(func=run_query)
     c = sub.add_parser("cluster", help="groups of copies within an index (connected components)",
                        description="Link items whose pair passes both levels, then print the connected "
@@ -32,6 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     _thresholds(c)
     c.add_argument("--min-size", type=int, default=2, help="smallest cluster printed (default 2)")
     c.set_defaults(func=run_cluster)
+
+
+def _ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--ray` and `--ray-address` (the Ray code takes plain options: engine/ray/shard_query.py)."""
+    parser.add_argument("--ray", action="store_true",
+                        help="serve each shard from its own Ray actor (one GPU each where present) and merge")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --ray: join this Ray cluster ('auto' or host:port); default: local Ray")
+
+
+def _query_on_ray(args: argparse.Namespace, ic: dict[str, Any], needles, c1: float, c2: float):
+    """What `vmatch query --ray` runs in place of the local `ix.query(...)`; errors map in engine.cli.errors."""
+    from engine.ray.shard_query import query_on_ray
+
+    rc = config_from(args).section("ray")
+    if getattr(args, "ray_address", None):
+        rc["address"] = args.ray_address
+    return query_on_ray(args.index, needles, c1, c2, args.top, rc, device=getattr(args, "device", None) or ic["device"],
+                        verify_reads=ic["verify_reads"], batch_rows=ic["batch_rows"])
 
 
 def _thresholds(p: argparse.ArgumentParser) -> None:
@@ -60,8 +78,7 @@ def run_query(args: argparse.Namespace) -> int:
 
         needles = load_needles(args.needles, hash_video, ix.params)
         if args.ray:  # one Ray actor per shard, results merged (engine/ray/shard_query.py)
-            from engine.ray.shard_query import cli_query
-            results = cli_query(args, cfg, ic, needles, c1, c2, args.top)
+            results = _query_on_ray(args, ic, needles, c1, c2)
         else:
             results = ix.query(needles, c1, c2, args.top)
     out = sys.stdout

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     for name, f in zip(names[1:], feats[1:]):  # name the file, not only its stem
         check_compatible(feats[0].params, f.params, name, f"{names[0]}'s")
     try:
-        scorer = Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size, cfg.grid)
+        scorer = Scorer.from_config(cfg, feats[0].params, args.device)
         out = sys.stdout
         if args.needle:
             needle, hay = feats[0], feats[1:]

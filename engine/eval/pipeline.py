@@ -19,8 +19,7 @@ class Hasher(Protocol):
     def hash(self, path: str | os.PathLike[str]) -> TmkFeatures: ...
 
 
-class ProgressLike(Protocol):
-    def update(self, n: int = 1, **postfix: object) -> None: ...
+from engine.progress import Reporter as ProgressLike  # noqa: E402  (one progress type: engine.progress)
 
 
 @dataclass

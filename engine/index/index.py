@@ -42,7 +42,7 @@ from kernels.params import DEFAULT_PARAMS, TmkParams
 from kernels.score import level1
 
 LOCK_NAME = "LOCK"
-ProgressFn = Callable[[int], None]
+from engine.progress import ProgressFn  # noqa: E402  (one progress type: engine.progress)
 
 
 def shard_of(item_id: str, shards: int) -> int:

@@ -95,9 +95,7 @@ class TmkPdqfSignal(signal_base.SignalType, signal_base.FileHasher, signal_base.
 
                 cfg = load_config()
                 h = cfg.hash
-                cls._hasher = VideoHasher(cfg.tmk, mode=h.mode, device=h.device, chunk_frames=h.chunk_frames,
-                                          timeout_s=h.timeout_s, backend=h.backend,
-                                          fast_exact_below=h.fast_exact_below, torch_threads=h.torch_threads)
+                cls._hasher = VideoHasher.from_config(h, cfg.tmk)
             return cls._hasher
 
     @classmethod

@@ -35,11 +35,13 @@ def _result(item_id: int, ok: bool, **kw: Any) -> dict[str, Any]:
 
 def default_hasher(settings: dict[str, Any]) -> Any:
     """A CPU VideoHasher with the run's parameters (what `vmatch hash` uses)."""
+    from engine.config import HashConfig
     from engine.hasher import VideoHasher
 
-    return VideoHasher(settings["params"], mode=settings["mode"], device="cpu",
-                       chunk_frames=settings["chunk_frames"], timeout_s=settings["timeout_s"],
-                       backend=settings["backend"], fast_exact_below=settings["fast_exact_below"])
+    hc = HashConfig(mode=settings["mode"], device="cpu", chunk_frames=settings["chunk_frames"],
+                    timeout_s=settings["timeout_s"], backend=settings["backend"],
+                    fast_exact_below=settings["fast_exact_below"], torch_threads=None)
+    return VideoHasher.from_config(hc, settings["params"])  # the one way (engine.hasher), as `vmatch hash`
 
 
 class HashWorker:

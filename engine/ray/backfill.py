@@ -118,12 +118,12 @@ class _Slot:
 
 
 class _Reporter:
-    """Progress bar and one-line failure messages (defaults: engine.cli.common.Progress)."""
+    """Progress bar and one-line failure messages (engine.progress.Progress unless quiet)."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.bar = None
         if not quiet:
-            from engine.cli.common import Progress
+            from engine.progress import Progress
             self.bar = Progress(total, "backfill", "video")
 
     def update(self, **post: Any) -> None:

@@ -1,31 +1,17 @@
 """Starting or joining Ray for vmatch: local by default (offline, no dashboard), or a cluster."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+from engine.config import RayConfig
 from engine.errors import VmatchError
 
-#: Defaults of the `ray:` config section (configs/default.yaml and configs/cluster.yaml override them).
-RAY_DEFAULTS: dict[str, Any] = {
-    "address": None,          # None: start a local Ray; "auto" or "host:port": join that cluster
-    "num_cpus": None,         # local start: CPUs Ray may use (None: all of this machine's)
-    "num_gpus": None,         # local start: GPUs Ray may use (None: all visible)
-    "namespace": "vmatch",
-    "decode_actors": None,    # hash/decode actors (None: one per CPU in the cluster)
-    "cpus_per_actor": 1.0,    # CPUs reserved by each decode actor
-    "gpus_per_worker": 0.25,  # GPU share of each GPU feature actor (0: compute features in the decode actors)
-    "feature_actors": None,   # GPU feature actors (None: total GPUs / gpus_per_worker)
-    "torch_threads": 1,       # intra-op threads per actor (more threads stall on busy CPUs)
-    "timeout_s": None,        # per-video limit (None: hash.timeout_s); a worker past it is killed
-    "kill_grace_s": 30.0,     # extra time before the driver kills a worker stuck past timeout_s
-    "max_attempts": 3,        # a video whose worker dies this many times is recorded as failed
-    "index_batch": 256,       # videos per index commit
-    "ledger_commit_s": 1.0,   # at most this long between ledger commits of finished videos
-    "query_gpus_per_shard": 1.0,  # sharded query: GPU per shard actor where GPUs exist
-    "query_batch": 256,       # sharded query: needles sent to the shard actors per batch
-}
+#: Defaults of the `ray:` config section (typed in engine.config.RayConfig; configs/default.yaml and
+#: configs/cluster.yaml override them). Kept as a mapping: the Ray code takes plain options.
+RAY_DEFAULTS: dict[str, Any] = dataclasses.asdict(RayConfig())
 
 
 class ClusterError(VmatchError, RuntimeError):
@@ -33,11 +19,10 @@ class ClusterError(VmatchError, RuntimeError):
 
 
 def ray_config(section: dict[str, Any]) -> dict[str, Any]:
-    """The `ray:` section over RAY_DEFAULTS; unknown keys are an error."""
-    unknown = set(section) - set(RAY_DEFAULTS)
-    if unknown:
-        raise ValueError(f"config: ray: unknown keys {sorted(unknown)}")
-    return {**RAY_DEFAULTS, **section}
+    """The `ray:` section over RAY_DEFAULTS, validated by the one loader (ConfigError names the key)."""
+    from engine.config import _section
+
+    return dataclasses.asdict(_section(RayConfig, section, "config: ray"))
 
 
 @dataclass

@@ -150,30 +150,3 @@ def query_on_ray(index: str | os.PathLike[str], needles: Sequence[TmkFeatures], 
     """One sharded query (starts or joins Ray, queries, stops what it started)."""
     with ShardedQuery(index, ray_cfg, **open_kw) as sq:
         return sq.query(needles, c1, c2, top)
-
-
-def add_ray_arguments(parser: Any) -> None:
-    """`--ray` and `--ray-address` for `vmatch query` (engine/cli/query_cmd.py)."""
-    parser.add_argument("--ray", action="store_true",
-                        help="serve each shard from its own Ray actor (one GPU each where present) and merge")
-    parser.add_argument("--ray-address", metavar="ADDR",
-                        help="with --ray: join this Ray cluster ('auto' or host:port); default: local Ray")
-
-
-def cli_query(args: Any, cfg: Any, ic: dict[str, Any], needles: Sequence[TmkFeatures], c1: float, c2: float,
-              top: int | None) -> list[list[Match]]:
-    """What `vmatch query --ray` runs in place of the local `ix.query(...)`."""
-    from engine.cli.common import CliError
-    from engine.ray.cluster import ClusterError
-
-    try:
-        rc = ray_config(cfg.section("ray"))
-    except ValueError as e:
-        raise CliError(str(e), 2) from None
-    if getattr(args, "ray_address", None):
-        rc["address"] = args.ray_address
-    try:
-        return query_on_ray(args.index, needles, c1, c2, top, rc, device=getattr(args, "device", None) or ic["device"],
-                            verify_reads=ic["verify_reads"], batch_rows=ic["batch_rows"])
-    except ClusterError as e:
-        raise CliError(str(e)) from None
