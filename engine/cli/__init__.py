@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -49,11 +50,19 @@ def _register_missing(sub: argparse._SubParsersAction, module: str, missing: str
             p.set_defaults(func=run)
 
 
+def _version() -> str:
+    from engine import __version__
+    return __version__
+
+
 def build_parser(modules: Sequence[str] = tuple(COMMAND_MODULES)) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmatch",
         description="Reference-exact TMK+PDQF video hashing and matching, on CPU or GPU.")
     parser.add_argument("--config", metavar="YAML", help="configuration file (default: configs/default.yaml)")
+    parser.add_argument("--version", action="version", version=f"vmatch {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="diagnostics on stderr (logging: -v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in modules:
         try:
@@ -82,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = _command_of(sys.argv[1:] if argv is None else argv)
     parser = build_parser([LIGHT_COMMANDS[cmd]] if cmd in LIGHT_COMMANDS else COMMAND_MODULES)
     args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+                            format="vmatch: %(name)s: %(message)s", stream=sys.stderr)
     return run_command(lambda: args.func(args), args.command)  # engine/cli/errors.py: one line, exit code
 
 
