@@ -68,8 +68,6 @@ def build_parser(modules: Sequence[str] = tuple(COMMAND_MODULES)) -> argparse.Ar
         try:
             mod = importlib.import_module(f"engine.cli.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"engine.cli.{name}":
-                continue  # command group not built yet
             _register_missing(sub, name, e.name or "a dependency")
             continue
         mod.register(sub)
