@@ -12,7 +12,7 @@ from engine.errors import IncompatibleError, check_compatible
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.device import resolve_device, strict_float
 from kernels.params import TmkParams
-from kernels.score import DEFAULT_GRID, TmkScorer, level1
+from kernels.score import DEFAULT_GRID, TmkScorer, level1, needle_coeffs
 
 
 def default_batch(device: torch.device) -> int:
@@ -54,8 +54,12 @@ class Scorer:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
     def one_to_many(self, needle: TmkFeatures, cands: FeatureBatch | Sequence[TmkFeatures],
-                    c1: float = -1.0) -> ScoreResult:
-        """Level-1 for every candidate, level-2 where level-1 >= c1 (inclusive, like the reference)."""
+                    c1: float = -1.0, c2: float | None = None) -> ScoreResult:
+        """Level-1 for every candidate, level-2 where level-1 >= c1 (inclusive, like the reference).
+
+        With ``c2``, level-2 is also left NaN where the kernel's bound proves it below c2 (the
+        pruning bound of the index's queries); the scores that can reach c2 are unchanged.
+        """
         if not isinstance(cands, FeatureBatch):
             cands = FeatureBatch.stack(list(cands))
         check_compatible(self.params, needle.params, needle.name)
@@ -72,9 +76,16 @@ class Scorer:
             # a run of consecutive candidates is a view; only scattered ones are gathered (copied)
             rows = slice(int(idx[0]), int(idx[-1]) + 1) if idx[-1] - idx[0] + 1 == len(idx) else idx
             c_cos, c_sin = self._t(cands.cos[rows]), self._t(cands.sin[rows])
-            sc, off = self._kernel.level2(n_cos, n_sin, c_cos, c_sin)
-            l2[idx] = sc.cpu().numpy()
-            offs[idx] = off.cpu().numpy()
+            if c2 is None:
+                sc, off = self._kernel.level2(n_cos, n_sin, c_cos, c_sin)
+                l2[idx] = sc.cpu().numpy()
+                offs[idx] = off.cpu().numpy()
+                continue
+            k0, a, b = needle_coeffs(n_cos, n_sin, c_cos.contiguous(), c_sin.contiguous())
+            kept, sc, off = self._kernel.level2_pruned(k0, a, b, c2)
+            keep = idx[kept.cpu().numpy()]
+            l2[keep] = sc.cpu().numpy()
+            offs[keep] = off.cpu().numpy()
         return ScoreResult(l1.astype(np.float32), l2, offs)
 
     def pair(self, a: TmkFeatures, b: TmkFeatures) -> tuple[float, float, np.ndarray]:

@@ -102,6 +102,10 @@ class _PeriodTables:
     h2: float                # (W in radians)^2
 
 
+#: Relative slack on the level-2 upper bound, far above float32 round-off of the coefficients.
+BOUND_SLACK = 1e-4
+
+
 class TmkScorer:
     """Level-2 scorer with precomputed trig tables for one parameter set and device."""
 
@@ -181,6 +185,26 @@ class TmkScorer:
         """Level-2 score [B] and best offset per period [B,P] from pair coefficients."""
         best, arg = self.kernel_max(k0, a, b)
         return torch.amax(best, 1) / self.z, arg
+
+    def may_reach(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float) -> torch.Tensor:
+        """Indices of the pairs whose level-2 can reach `c2`: the pruning bound, for every caller.
+
+        |K(o)| <= |K_0| + sum_j |z_j| (triangle inequality on the trigonometric polynomial), so a
+        pair whose bound (with BOUND_SLACK, far above float32 round-off) is below c2 Z cannot
+        pass level-2 and needs no offset search; the answers for the others are unchanged.
+        """
+        bound = (k0.abs() + torch.sqrt(a * a + b * b).sum(-1)).max(1).values
+        return (bound * (1 + BOUND_SLACK) >= c2 * self.z).nonzero().flatten()
+
+    def level2_pruned(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indices scored, their level-2 [K], best offsets [K,P]): all pairs when c2 is None, else
+        those `may_reach` c2 (the others cannot reach it and are left unscored)."""
+        todo = torch.arange(k0.shape[0], device=k0.device) if c2 is None else self.may_reach(k0, a, b, c2)
+        if not len(todo):
+            return todo, k0.new_empty(0), torch.empty((0, k0.shape[1]), dtype=torch.int64, device=k0.device)
+        sc, off = self.level2_from_coeffs(k0[todo], a[todo], b[todo])
+        return todo, sc, off
 
     def level2(self, a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Tensor, b_sin: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,7 @@ import torch
 from kernels.params import TmkParams
 from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs, pair_coeffs_matrix
 
-#: Relative slack on the upper bound, far above float32 round-off of the coefficients.
-BOUND_SLACK = 1e-4
+from kernels.score import BOUND_SLACK  # noqa: E402,F401  (the bound lives with the kernel)
 #: Largest level-2 change from storing one side in float16: each stored value carries a relative
 #: error <= 2^-11, so each block dot product moves by <= 2^-11 a_j and K(o) by
 #: <= 2^-11 (a_0 + 2 sqrt(2) sum a_j) <= 2^-11 sqrt(2) Z (docs/index.md).  Both sides from an fp16
@@ -24,7 +23,9 @@ FP16_LEVEL2_BOUND = 2.0 ** -11 * 2 ** 0.5 + 1e-6
 
 
 class PairScorer:
-    """Scores pair batches on one device; owns the kernel's trig tables."""
+    """Scores pair batches on one device: the pair front end of the one scoring core
+    (kernels.score.TmkScorer, with its pruning bound); engine.scoring.Scorer is the
+    one-to-many front end of the same core."""
 
     def __init__(self, params: TmkParams, device: torch.device, grid: int = DEFAULT_GRID,
                  pair_chunk: int = 2048, gather_pairs: bool | None = None) -> None:
@@ -99,13 +100,8 @@ class PairScorer:
         k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
         l2 = np.full(len(pair_needle), np.nan, dtype=np.float32)
         offs = np.full((len(pair_needle), self.params.num_periods), -1, dtype=np.int64)
-        if c2 is None:
-            todo = torch.arange(len(pair_needle), device=self.device)
-        else:
-            bound = (k0.abs() + torch.sqrt(a * a + b * b).sum(-1)).max(1).values
-            todo = (bound * (1 + BOUND_SLACK) >= c2 * self.z).nonzero().flatten()
+        todo, sc, off = self.kernel.level2_pruned(k0, a, b, c2)  # the one core (kernels/score.py)
         if len(todo):
-            sc, off = self.kernel.level2_from_coeffs(k0[todo], a[todo], b[todo])
             idx = todo.cpu().numpy()
             l2[idx] = sc.cpu().numpy()
             offs[idx] = off.cpu().numpy()
