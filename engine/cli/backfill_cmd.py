@@ -1,4 +1,4 @@
-"""`vmatch backfill (--manifest FILE | DIR...) [-d OUTDIR] [--index INDEX] [--ray-address ADDR] ...`."""
+"""`vmatch backfill (--list FILE | DIR...) [-d OUTDIR] [--index INDEX] [--ray-address ADDR] ...`."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +12,16 @@ from engine.cli.common import CliError, config_from
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backfill", help="hash many videos on Ray (local or cluster): resumable, fault-tolerant",
-        description="Hash every video of a manifest and/or folders with Ray workers, writing .tmk files "
+        description="Hash every video of an input list (--list) and/or folders with Ray workers, writing .tmk files "
                     "(-d, same bytes as `vmatch hash` in exact mode) and/or adding them to an index "
                     "(--index). A ledger in the output records every video (path, size, mtime, status), "
                     "so a rerun skips what is done and finishes an interrupted run. Exit status: 0 if "
                     "nothing failed, 1 if some videos failed (listed on stderr and in the ledger), 2 for "
                     "usage errors.")
     p.add_argument("inputs", nargs="*", metavar="PATH", help="video files or folders (walked for videos)")
-    p.add_argument("--manifest", metavar="FILE",
-                   help="text file of paths (one per line), or .csv/.parquet with a 'path' column")
+    p.add_argument("--list", "--manifest", dest="manifest", metavar="FILE",
+                   help="input list: a text file of paths (one per line), or .csv/.parquet with a 'path' "
+                        "column (--manifest: the earlier name of this flag)")
     p.add_argument("-d", "--outdir", metavar="OUTDIR", help="write <name>.tmk files here")
     p.add_argument("--index", metavar="INDEX", help="add the signatures to this index (created if missing)")
     p.add_argument("--ledger", metavar="FILE",
@@ -53,13 +54,13 @@ def _ensure_index(path: str, cfg) -> None:  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from engine.decode import DecodeError
     from engine.ray.backfill import BackfillError, BackfillOptions, Backfill
-    from engine.ray.cluster import ClusterError, ray_config
+    from engine.ray.session import ClusterError, ray_config
     from engine.ray.ledger import LedgerError
-    from engine.ray.manifest import ManifestError, iter_inputs
+    from engine.ray.input_list import ManifestError, iter_inputs
 
     cfg = config_from(args)
     if not args.manifest and not args.inputs:
-        raise CliError("nothing to hash: give --manifest FILE and/or video files or folders", 2)
+        raise CliError("nothing to hash: give --list FILE and/or video files or folders", 2)
     if not args.outdir and not args.index:
         raise CliError("nothing to write: give an output folder (-d OUTDIR) and/or --index INDEX", 2)
     for p in args.inputs:

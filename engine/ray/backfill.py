@@ -1,10 +1,11 @@
-"""The backfill driver: list inputs into the ledger, keep Ray workers busy, write results.
+"""The backfill driver: list inputs into the ledger, run the scheduler, record outcomes, feed the sinks.
 
 Flow: inputs are streamed into the ledger (`Ledger.scan`), then this run's pending rows are read
-page by page and handed to a fixed pool of `HashWorker` actors, one video at a time each
-(backpressure: memory does not grow with the input, and the per-video timeout is exact).
-Finished videos come back as `.tmk` bytes; the driver writes them atomically and/or adds them
-to an index in batches, and records every outcome in the ledger.
+page by page and handed to the scheduler (engine/ray/scheduler.py: a fixed pool of `HashWorker`
+actors, one video at a time each, deadlines and retries), which yields one outcome per video.
+Finished videos come back as `.tmk` bytes; the sinks (engine/ray/sinks.py) write them atomically
+(`TmkDirSink`) and/or add them to an index in batches (`IndexSink`), and the driver records every
+outcome in the ledger.
 
 Exactly once: a `.tmk` file is written (atomically) before its row is marked done, so a driver
 killed in between just rewrites the same bytes on the rerun.  An index batch is first marked
@@ -20,21 +21,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from engine.ray.actors import FeatureWorker, HashWorker, HasherFactory
-from engine.ray.cluster import RaySession, connect
+from engine.ray.actors import HasherFactory
+from engine.ray.session import RaySession, connect
 from engine.ray.ledger import Item, Ledger
-from engine.tmkfile import TmkFormatError, atomic_write_bytes, from_bytes
+from engine.ray.scheduler import WORKER_START_TIMEOUT_S, Outcome, Scheduler, SchedulerError  # noqa: F401
+from engine.ray.sinks import IndexSink, TmkDirSink
 from kernels.params import DEFAULT_PARAMS, TmkParams
 from engine.errors import VmatchError, check_compatible
 
 LEDGER_NAME = "backfill.ledger.sqlite"
-#: A run whose workers all stay unstarted (no free resources in the cluster) this long gives up.
-WORKER_START_TIMEOUT_S = 600.0
 EventHook = Callable[[str, dict[str, Any]], None]
 
 
@@ -102,21 +102,6 @@ class BackfillError(VmatchError):
     """The run cannot go on (no output given, workers cannot start, ...); str() is one line."""
 
 
-class _Slot:
-    """One worker: its actor, state (starting | idle | busy) and the task it runs."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.actor: Any = None
-        self.feature: Any = None
-        self.ref: Any = None
-        self.state = "idle"
-        self.item: Item | None = None
-        self.token = ""
-        self.started = 0.0
-        self.pid = 0
-
-
 class _Reporter:
     """Progress bar and one-line failure messages (engine.progress.Progress unless quiet)."""
 
@@ -161,7 +146,7 @@ class Backfill:
 
     def __init__(self, opts: BackfillOptions, *, quiet: bool = False, hooks: EventHook | None = None,
                  hasher_factory: HasherFactory | None = None) -> None:
-        from engine.ray.cluster import ray_config
+        from engine.ray.session import ray_config
 
         self.opts = opts
         self.rc = ray_config(opts.ray)
@@ -169,10 +154,14 @@ class Backfill:
         if not opts.outdir and not opts.index:
             raise BackfillError("nothing to write: give an output folder (-d) and/or an index (--index)")
         self.index: Any = None
+        self.ledger: Ledger | None = None
+        self.reporter: _Reporter | None = None
+        self.tmk_sink: TmkDirSink | None = None
+        self.index_sink: IndexSink | None = None
+        self._t_work = time.monotonic()
         self.summary = BackfillSummary()
         self._pending_done: dict[int, tuple[int, float]] = {}
         self._pending_failed: list[tuple[int, str, str]] = []
-        self._index_buf: list[tuple[Item, Any, int, float]] = []
         self._last_commit = time.monotonic()
 
     # ------------------------------------------------------------------ setup
@@ -187,6 +176,10 @@ class Backfill:
 
             self.index = VideoIndex(self.opts.index, device="cpu")
             check_compatible(self.index.params, self.opts.params, self.opts.index, "the index's")
+            self.index_sink = IndexSink(self.index, str(self.opts.index), int(self.rc["index_batch"]), self._failed,
+                                        self._event)
+        if self.opts.outdir:
+            self.tmk_sink = TmkDirSink(self.opts.outdir)
 
     def _settings(self, mode: str) -> dict[str, Any]:
         p = self.opts.params
@@ -234,9 +227,9 @@ class Backfill:
             try:
                 self._flush(force=True)
             finally:
-                if hasattr(self, "ledger"):
+                if self.ledger is not None:
                     self.ledger.close()
-                if hasattr(self, "reporter"):
+                if self.reporter is not None:
                     self.reporter.close()
                 if session is not None:
                     session.close()
@@ -268,8 +261,7 @@ class Backfill:
 
     # ------------------------------------------------------------------ workers
     def _work(self, run: int, session: RaySession, n_feat: int, mode: str) -> None:
-        import ray
-
+        """Hand the pending rows to the scheduler; record each outcome and feed the sinks."""
         todo = self.ledger.counts(run).get("pending", 0)
         if todo == 0:
             return
@@ -277,170 +269,33 @@ class Backfill:
         cpa = float(rc["cpus_per_actor"] or 1)
         n = int(rc["decode_actors"] or max(1, int(session.cpus / cpa + 1e-9)))
         n = max(1, min(n, todo))
-        settings = self._worker_settings(mode)
-        self.features: list[Any] = []
         self.summary.workers, self.summary.feature_workers = n, n_feat
-        self._actor_cls = ray.remote(HashWorker).options(num_cpus=cpa, max_restarts=0, max_task_retries=0)
-        self._settings_ref = settings
-        slots = [_Slot(i) for i in range(n)]
+        sched = Scheduler(rc, self._worker_settings(mode), self._attempt, self.hasher_factory, self.hooks)
         try:
-            if n_feat:
-                feat_cls = ray.remote(FeatureWorker).options(num_gpus=float(rc["gpus_per_worker"]), num_cpus=0,
-                                                             max_restarts=-1, max_task_retries=0)
-                self.features = [feat_cls.remote(self.opts.params, mode, self.opts.fast_exact_below,
-                                                 rc["torch_threads"]) for _ in range(n_feat)]
-                try:
-                    ray.get([f.ready.remote() for f in self.features], timeout=600)
-                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-                    raise BackfillError(f"cannot start GPU feature workers: {_first_line(e)}") from None
-            self._t_work = time.monotonic()
-            for sl in slots:
-                self._start(sl)
-            self._t_first: float | None = None
-            self._loop(run, slots, settings)
-            if self._t_first is not None:
-                self.summary.hash_seconds = time.monotonic() - self._t_first
+            try:
+                sched.start(n, n_feat, mode, self.opts.params, self.opts.fast_exact_below)
+                self._t_work = time.monotonic()
+                for out in sched.outcomes(self.ledger.pending(run)):
+                    if out is None:
+                        self._flush()
+                    elif out.ok:
+                        self._finished(out)
+                    else:
+                        self._failed(out.item, out.kind, out.reason)
+            except SchedulerError as e:
+                raise BackfillError(e.reason) from None
+            self._flush_index()
+            if sched.t_first is not None:
+                self.summary.hash_seconds = time.monotonic() - sched.t_first
         finally:  # free the cluster's resources even when the run is interrupted
-            for a in [sl.actor for sl in slots if sl.actor is not None] + self.features:
-                try:
-                    ray.kill(a, no_restart=True)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
+            self.summary.killed += sched.killed
+            self.summary.retried += sched.retried
+            sched.close()
 
-    def _loop(self, run: int, slots: list[_Slot], settings: dict[str, Any]) -> None:
-        import ray
-
-        n, rc = len(slots), self.rc
-        items: Iterator[Item] = self.ledger.pending(run)
-        retry: deque[Item] = deque()
-        exhausted = False
-        start_failures = 0
-        timeout = settings["timeout_s"]
-        deadline_s = None if timeout is None else float(timeout) + float(rc["kill_grace_s"])
-        t_progress = time.monotonic()
-
-        def next_item() -> Item | None:
-            nonlocal exhausted
-            if retry:
-                return retry.popleft()
-            if exhausted:
-                return None
-            it = next(items, None)
-            if it is None:
-                exhausted = True
-            return it
-
-        while True:
-            for sl in slots:
-                if sl.state == "idle":
-                    it = next_item()
-                    if it is None:
-                        break
-                    self._submit(sl, it)
-            if exhausted and not retry and not any(sl.state == "busy" for sl in slots):
-                break  # all done (a worker that never got started does not hold the run)
-            busy = {sl.ref: sl for sl in slots if sl.ref is not None}
-            if all(sl.state == "starting" for sl in slots):
-                if time.monotonic() - t_progress > WORKER_START_TIMEOUT_S:
-                    raise BackfillError(f"no hash worker started in {WORKER_START_TIMEOUT_S:g} s "
-                                        f"(does the cluster have {rc['cpus_per_actor']} free CPU per worker?)")
-            else:
-                t_progress = time.monotonic()
-            if not busy:
-                break
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=0.25)
-            if ready:
-                more, _ = ray.wait(list(busy), num_returns=len(busy), timeout=0)
-                ready = list(dict.fromkeys(ready + more))
-            for ref in ready:
-                sl = busy[ref]
-                sl.ref = None
-                if sl.state == "starting":
-                    try:
-                        sl.pid = ray.get(ref)
-                        sl.state = "idle"
-                        if self._t_first is None:
-                            self._t_first = time.monotonic()
-                        self._event("worker_ready", slot=sl.n, pid=sl.pid)
-                    except ray.exceptions.RayError as e:
-                        start_failures += 1
-                        if start_failures > 3 * n:
-                            raise BackfillError(f"cannot start hash workers: {_first_line(e)}") from None
-                        self._start(sl)
-                    continue
-                it = sl.item
-                assert it is not None
-                sl.item, sl.state = None, "idle"
-                try:
-                    res = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as e:
-                    self._worker_died(sl, it, retry, e)
-                    continue
-                except ray.exceptions.RayTaskError as e:
-                    self._failed(it, "error", _first_line(e.cause if getattr(e, "cause", None) else e))
-                    continue
-                if res.get("ok"):
-                    nxt = next_item()  # keep the worker busy while this result is written
-                    if nxt is not None:
-                        self._submit(sl, nxt)
-                    self._finished(it, res)
-                elif res.get("kind") == "lost":
-                    self._retry(it, retry, res.get("reason", "feature worker lost"))
-                else:
-                    self._failed(it, res["kind"], res["reason"])
-                    if res.get("recycle"):
-                        self._replace(sl)
-            if deadline_s is not None:
-                now = time.monotonic()
-                for sl in slots:
-                    if sl.state == "busy" and now - sl.started > deadline_s:
-                        it = sl.item
-                        assert it is not None
-                        self._event("kill", slot=sl.n, pid=sl.pid, path=it.path)
-                        self.summary.killed += 1
-                        self._failed(it, "timeout", f"decode timed out after {float(timeout):g} s (worker killed)")
-                        sl.item = None
-                        self._replace(sl)
-            self._flush()
-        self._flush_index()
-
-    def _start(self, sl: _Slot) -> None:
-        feature = self.features[sl.n % len(self.features)] if self.features else None
-        sl.feature = feature
-        sl.actor = self._actor_cls.remote(self._settings_ref, feature, self.hasher_factory)
-        sl.ref, sl.state, sl.item = sl.actor.ready.remote(), "starting", None
-
-    def _replace(self, sl: _Slot) -> None:
-        import ray
-
-        if sl.feature is not None and sl.token:
-            sl.feature.abort.remote(sl.token)
-        try:
-            ray.kill(sl.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already dead
-            pass
-        self._start(sl)
-
-    def _submit(self, sl: _Slot, it: Item) -> None:
-        sl.item, sl.state, sl.started = it, "busy", time.monotonic()
-        sl.token = f"{it.id}.{it.attempts}.{sl.n}.{time.monotonic_ns()}"
-        sl.ref = sl.actor.hash.remote(it.id, it.path, sl.token)
-        self._event("submit", slot=sl.n, pid=sl.pid, path=it.path, id=it.id)
-
-    def _worker_died(self, sl: _Slot, it: Item, retry: deque, e: BaseException) -> None:
-        self._event("worker_died", slot=sl.n, pid=sl.pid, path=it.path)
-        self._retry(it, retry, f"worker died ({type(e).__name__})")
-        self._replace(sl)
-
-    def _retry(self, it: Item, retry: deque, why: str) -> None:
+    def _attempt(self, it: Item) -> int:
+        """Record one more attempt of a video whose worker died (the scheduler retries it)."""
         with self.ledger.transaction():
-            it.attempts = self.ledger.add_attempt(it.id)
-        if it.attempts >= int(self.rc["max_attempts"]):
-            self._failed(it, "crash", f"{why}; gave up after {it.attempts} attempts")
-        else:
-            self.summary.retried += 1
-            retry.append(it)
+            return self.ledger.add_attempt(it.id)
 
     # ------------------------------------------------------------------ results
     def _failed(self, it: Item, kind: str, reason: str) -> None:
@@ -448,26 +303,20 @@ class Backfill:
         self._count_failure(it.path, kind, reason)
         self.reporter.update(failed=self.summary.failed)
 
-    def _finished(self, it: Item, res: dict[str, Any]) -> None:
-        tmk: bytes = res["tmk"]
-        frames, secs = int(res["frames"]), float(res["seconds"])
-        if self.opts.outdir:
-            target = Path(self.opts.outdir) / f"{it.name}.tmk"
-            try:
-                atomic_write_bytes(target, tmk)
-            except OSError as e:
-                self._failed(it, "write", f"cannot write {target} ({e.strerror or e})")
+    def _finished(self, out: Outcome) -> None:
+        it, frames, secs = out.item, out.frames, out.seconds
+        if self.tmk_sink is not None:
+            why = self.tmk_sink.write(it, out.tmk)  # before the row is marked done (exactly once)
+            if why is not None:
+                self._failed(it, "write", why)
                 return
         self.summary.frames += frames
-        if self.index is not None:
-            try:
-                feats = from_bytes(tmk, it.name)
-            except TmkFormatError as e:
-                self._failed(it, "error", e.reason)
+        if self.index_sink is not None:
+            feats = self.index_sink.parse(it, out.tmk)
+            if isinstance(feats, str):
+                self._failed(it, "error", feats)
                 return
-            feats.name = it.name
-            self._index_buf.append((it, feats, frames, secs))
-            if len(self._index_buf) >= int(self.rc["index_batch"]):
+            if self.index_sink.add(it, feats, frames, secs):
                 self._flush_index()
         else:
             self._pending_done[it.id] = (frames, secs)
@@ -484,7 +333,7 @@ class Backfill:
             return
         if not force and time.monotonic() - self._last_commit < float(self.rc["ledger_commit_s"]):
             return
-        if not hasattr(self, "ledger"):
+        if self.ledger is None:
             return
         with self.ledger.transaction():
             self.ledger.set_done(list(self._pending_done), self._pending_done)
@@ -495,37 +344,9 @@ class Backfill:
         self._last_commit = time.monotonic()
 
     def _flush_index(self) -> None:
-        """Add the buffered signatures to the index in one commit, bracketed by ledger updates."""
-        buf, self._index_buf = self._index_buf, []
-        if not buf:
-            return
-        from engine.index import VideoIndexError
-
-        self._flush(force=True)
-        self.index.reload()
-        taken = [b for b in buf if b[0].name in self.index]
-        for it, *_ in taken:
-            self._failed(it, "index", f"id {it.name!r} is already in the index {self.opts.index} "
-                                      f"(added by something else, or the video changed: remove it first)")
-        buf = [b for b in buf if b[0].name not in self.index]
-        if not buf:
-            self._flush(force=True)
-            return
-        batch = self.ledger.next_batch()
-        with self.ledger.transaction():
-            self.ledger.set_indexing([b[0].id for b in buf], batch, {b[0].id: (b[2], b[3]) for b in buf})
-        self._event("index_commit", batch=batch, size=len(buf))
-        try:
-            self.index.add([b[1] for b in buf], ids=[b[0].name for b in buf], sources=[b[0].path for b in buf])
-        except (VideoIndexError, TmkFormatError, OSError) as e:
-            for it, *_ in buf:
-                self._failed(it, "index", f"index add failed: {_first_line(e)}")
-            self._flush(force=True)
-            return
-        self._event("index_committed", batch=batch, size=len(buf))
-        with self.ledger.transaction():
-            self.ledger.set_done([b[0].id for b in buf])
-        self.summary.done += len(buf)
+        """Commit the index sink's batch (engine/ray/sinks.py), bracketed by ledger updates."""
+        if self.index_sink is not None and self.ledger is not None:
+            self.summary.done += self.index_sink.commit(self.ledger, lambda: self._flush(force=True))
 
 
 def _first_line(e: BaseException | str) -> str:

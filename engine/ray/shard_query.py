@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from engine.features import TmkFeatures
 from engine.index import Match, VideoIndex
-from engine.ray.cluster import RaySession, connect, ray_config
+from engine.ray.session import RaySession, connect, ray_config
 from engine.errors import check_compatible
 
 
