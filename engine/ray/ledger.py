@@ -7,7 +7,8 @@ rows that are ``done`` with an unchanged key, and redoes a video whose file chan
 * ``indexing`` - hashed and handed to an index commit that may or may not have landed; a
   rerun looks the ids up in the index (see :meth:`Ledger.indexing`) before doing anything;
 * ``done``     - every requested output (.tmk file, index entry) is committed;
-* ``failed``   - gave up on it in the last run that listed it (``kind`` + one-line ``reason``).
+* ``failed``   - gave up on it in the last run that listed it (``kind`` + one-line ``reason``;
+  kind ``refused``: its name cannot be an id, engine.inputs.check_id, e.g. a TAB in it).
 
 The database runs in WAL mode: a driver killed at any moment (kill -9) leaves the last committed
 state, and other processes may read it while a run is going on.
