@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from engine.config import ScoreConfig
-from engine.errors import IncompatibleError, check_compatible
+from engine.errors import IncompatibleError, check_compatible  # noqa: F401  (IncompatibleError: importable from here as before)
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.device import resolve_device, strict_float
 from kernels.params import TmkParams

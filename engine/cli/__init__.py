@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
-from engine.cli.common import CliError, fail
+from engine.cli.common import CliError
 from engine.cli.errors import run_command
 
 #: Modules under engine.cli that add subcommands (order = order in --help).

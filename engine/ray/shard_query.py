@@ -8,7 +8,6 @@ pair is scored by exactly one shard, and a needle's global top-k is within the s
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import deque
 from pathlib import Path
@@ -16,28 +15,14 @@ from typing import Any, Sequence
 
 from engine.features import TmkFeatures
 from engine.index import Match, VideoIndex
+from engine.index.snapshot import IndexSnapshot
 from engine.ray.session import RaySession, connect, ray_config
 from engine.errors import check_compatible
 
 
-class ShardView(VideoIndex):
-    """A read-only VideoIndex that sees one shard's segments only."""
-
-    def __init__(self, path: str | os.PathLike[str], shard: int, **kw: Any) -> None:
-        super().__init__(path, **kw)
-        self.shard = shard
-        self._keep_shard()
-
-    def reload(self) -> None:
-        super().reload()
-        self._keep_shard()
-
-    def _keep_shard(self) -> None:
-        m = self.manifest
-        if not 0 <= self.shard < m.shards:
-            raise ValueError(f"{self.root}: no shard {self.shard} (the index has {m.shards})")
-        self.manifest = dataclasses.replace(
-            m, segments=[list(s) if i == self.shard else [] for i, s in enumerate(m.segments)])
+def ShardView(path: str | os.PathLike[str], shard: int, **kw: Any) -> IndexSnapshot:  # noqa: N802
+    """A read-only view of one shard's segments (the earlier class name; now a snapshot constructor)."""
+    return IndexSnapshot.shard(path, shard, **kw)
 
 
 class ShardServer:
@@ -48,11 +33,11 @@ class ShardServer:
         import torch
 
         torch.set_num_threads(max(1, int(torch_threads)))
-        self.view = ShardView(path, shard, device=device, verify_reads=verify_reads, batch_rows=batch_rows)
-        self.view._state()  # map the files and build the searcher now, not on the first query
+        # the snapshot maps the files and builds the searcher now, not on the first query
+        self.view = IndexSnapshot.shard(path, shard, device=device, verify_reads=verify_reads, batch_rows=batch_rows)
 
     def ready(self) -> dict[str, Any]:
-        return {"shard": self.view.shard, "items": len(self.view), "device": str(self.view.device),
+        return {"shard": self.view.shard_index, "items": len(self.view), "device": str(self.view.device),
                 "pid": os.getpid()}
 
     def query(self, needles: Sequence[TmkFeatures], c1: float, c2: float, top: int | None) -> list[list[Match]]:
