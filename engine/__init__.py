@@ -40,6 +40,8 @@ _EXPORTS = {
     # the index
     "VideoIndex": "engine.index",
     "Match": "engine.index",
+    "IndexSnapshot": "engine.index",
+    "IndexWriter": "engine.index",
     # configuration
     "Config": "engine.config",
     "load_config": "engine.config",

@@ -3,6 +3,8 @@ from engine.index.cluster import connected_components
 from engine.index.index import Match, QueryStats, VideoIndex, shard_of
 from engine.index.manifest import (FORMAT_VERSION, IndexCorruptError, IndexFormatError, IndexLockedError,
                                    VideoIndexError)
+from engine.index.snapshot import IndexSnapshot, IndexWriter
 
 __all__ = ["VideoIndex", "Match", "QueryStats", "shard_of", "connected_components", "FORMAT_VERSION",
-           "VideoIndexError", "IndexCorruptError", "IndexFormatError", "IndexLockedError"]
+           "VideoIndexError", "IndexCorruptError", "IndexFormatError", "IndexLockedError",
+           "IndexSnapshot", "IndexWriter"]
