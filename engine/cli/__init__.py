@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "query_cmd",
     "backfill_cmd",
     "eval_cmd",
+    "serve_cmd",
 ]
 
 
@@ -27,6 +28,7 @@ _COMMANDS = {
     "query_cmd": ["query", "cluster"],
     "backfill_cmd": ["backfill"],
     "eval_cmd": ["eval"],
+    "serve_cmd": ["serve"],
 }
 
 
