@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -98,9 +99,12 @@ def run_local(opts: ServeOptions) -> int:
     sock = bind(s["host"], int(s["port"]))
     port = sock.getsockname()[1]
     config = uvicorn.Config(asgi, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
-                            lifespan="on", limit_concurrency=1024)
+                            lifespan="on", limit_concurrency=1024, timeout_keep_alive=30)
     server = uvicorn.Server(config)
     announce(opts, s["host"], port)
+    # uvicorn re-raises the signal it stopped on once it is done; after a graceful SIGTERM
+    # shutdown that should be a normal exit (status 0), not a death by signal
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])      # SIGTERM / SIGINT: stop accepting, finish requests, drain writes
     log.info("stopped")
     return 0
