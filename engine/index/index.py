@@ -682,6 +682,11 @@ class VideoIndex:
 
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
+        if len(firsts) == 1:      # one batch (a typical lookup): nothing to overlap, no threads to start
+            pos = order[starts[0]:starts[1]]
+            with self._compute_threads():
+                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2)
+            return l2, offs
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
             for b, s in enumerate(firsts):

@@ -22,7 +22,7 @@ log = logging.getLogger("vmatch.serve")
 SERVE_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "port": 5000, "c1": 0.7, "c2": 0.7, "max_body_mb": 256, "request_timeout_s": 30.0,
     "hash_timeout_s": 600.0, "hash_workers": 1, "hash_queue": 4, "lookup_threads": 2, "poll_s": 0.25,
-    "bank_shards": 1, "bank_store": "fp32", "device": "auto",
+    "bank_shards": 1, "bank_store": "fp32", "device": "auto", "torch_threads": 1,
     "ray": {"address": None, "hashers": 1, "hasher_gpus": 0, "matchers": 2, "matcher_gpus": 0,
             "batch_max": 32, "batch_wait_s": 0.005},
 }
@@ -44,6 +44,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def set_torch_threads(n: int | None) -> None:
+    if n:
+        import torch
+        torch.set_num_threads(int(n))
 
 
 def setup_logging() -> None:
@@ -82,6 +88,7 @@ def announce(opts: ServeOptions, host: str, port: int) -> None:
 
 def build_local(opts: ServeOptions) -> tuple[Any, LocalService]:
     s = opts.settings
+    set_torch_threads(s.get("torch_threads"))
     store = BankStore(opts.data, c1=s["c1"], c2=s["c2"], device=s["device"], poll_s=s["poll_s"],
                       shards=s["bank_shards"], store=s["bank_store"])
     pool = HashPool(opts.make_hasher, s["hash_workers"], s["hash_queue"])
