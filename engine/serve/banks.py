@@ -60,6 +60,10 @@ class BankError(Exception):
         super().__init__(message)
         self.status, self.message = status, message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep (status, message) across pickling (Ray replicas hand errors to the ingress)
+        return (type(self), (self.status, self.message))
+
 
 @dataclass
 class BankConfig:

@@ -34,6 +34,9 @@ class QueueFull(BankError):
         super().__init__(503, "too many videos are being hashed; retry later")
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.retry_after,))
+
 
 class HashPool:
     """`workers` videos hashed at once, `queue` more waiting; `make_hasher()` builds one hasher per worker."""
