@@ -112,6 +112,14 @@ def loopback(url: str) -> str:
     return url
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (/proc), None without a pid."""
+    if not pid:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)) * 1000, 2) if xs else None
 
@@ -129,6 +137,7 @@ def cmd_lookup(args: argparse.Namespace) -> None:
     c = ServeClient(url, args.token)
     size0 = c.get(f"/c/bank/{BANK}").json()["size"]
     load_before = os.getloadavg()
+    srv_cpu0, own_cpu0 = cpu_seconds(args.server_pid), sum(os.times()[:2])
     stop = threading.Event()
     lat: list[list[float]] = [[] for _ in range(args.clients)]
     errors: list[str] = []
@@ -189,6 +198,8 @@ def cmd_lookup(args: argparse.Namespace) -> None:
         t.join()
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
+    srv_cpu = cpu_seconds(args.server_pid) - srv_cpu0 if args.server_pid else None
+    own_cpu = sum(os.times()[:2]) - own_cpu0
     alll = [x for per in lat for x in per]
     size1 = c.get(f"/c/bank/{BANK}").json()["size"]
 
@@ -217,6 +228,9 @@ def cmd_lookup(args: argparse.Namespace) -> None:
         "errors": len(errors), "error_samples": errors[:3], "lookups_with_matches": sum(matched),
         "adds": len(adds), "add_errors": len(add_errors), "add_p50_ms": percentile(adds, 50),
         "add_p99_ms": percentile(adds, 99),
+        "server_cpu_s": round(srv_cpu, 2) if srv_cpu is not None else None,
+        "server_cpu_ms_per_request": round(1000 * srv_cpu / (len(alll) + len(adds)), 2) if srv_cpu else None,
+        "load_generator_cpu_s": round(own_cpu, 2),
         "in_process_query_per_s_1_thread": round(base_rate, 1), "in_process_p50_ms": percentile(base, 50),
         "server_over_in_process": round(rate / base_rate, 3),
         "whole_process_vmatch_query_s": round(whole_s, 2), "whole_process_rc": w.returncode,
@@ -298,6 +312,7 @@ def main() -> None:
     lk.add_argument("--seconds", type=float, default=20.0)
     lk.add_argument("--max-requests", type=int, default=100000)
     lk.add_argument("--add-every", type=float, default=0.25, help="seconds between concurrent adds (0: none)")
+    lk.add_argument("--server-pid", type=int, help="measure the server's CPU time during the run (/proc)")
     lk.add_argument("--c1", type=float, default=0.7)
     lk.add_argument("--c2", type=float, default=0.7)
     lk.set_defaults(func=cmd_lookup)
