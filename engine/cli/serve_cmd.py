@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,11 @@ import yaml
 from engine.cli.common import CliError, config_from
 from engine.config import CONFIG_DIR
 
-import fastapi  # noqa: F401  (the optional dependency: a clear message when the `serve` extra is missing)
-import uvicorn  # noqa: F401
+# The optional dependencies (the `serve` extra, and faiss for the index), checked without importing
+# them: every vmatch command imports this module, and FastAPI + uvicorn cost ~0.5 s to import.
+for _mod in ("fastapi", "uvicorn", "multipart", "prometheus_client", "faiss"):
+    if importlib.util.find_spec(_mod) is None:
+        raise ModuleNotFoundError(f"No module named {_mod!r}", name=_mod)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
