@@ -285,6 +285,13 @@ def run_ray(opts: Any, cfg: Any) -> int:
     s = opts.settings
     Path(opts.data).mkdir(parents=True, exist_ok=True)
     session = connect(s["ray"]["address"])
+    r = s["ray"]
+    for key, count in (("hasher_gpus", r["hashers"]), ("matcher_gpus", r["matchers"])):
+        if r[key] == "auto":     # hashers: a GPU each where the cluster has them; matchers: a share of the rest
+            spare = session.gpus if key == "hasher_gpus" else max(0.0, session.gpus - r["hashers"])
+            r[key] = min(1.0, spare / max(1, int(count))) if spare > 0 else 0.0
+    log.info("Ray: %g CPUs, %g GPUs; %s hasher(s) x %g GPU, %s matcher(s) x %g GPU", session.cpus, session.gpus,
+             r["hashers"], r["hasher_gpus"], r["matchers"], r["matcher_gpus"])
     host, port = str(s["host"]), int(s["port"])
     if port == 0:
         from engine.serve.server import bind

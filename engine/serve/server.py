@@ -23,7 +23,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "port": 5000, "c1": 0.7, "c2": 0.7, "max_body_mb": 256, "request_timeout_s": 30.0,
     "hash_timeout_s": 600.0, "hash_workers": 1, "hash_queue": 4, "lookup_threads": 2, "poll_s": 0.25,
     "bank_shards": 1, "bank_store": "fp32", "device": "auto", "torch_threads": 1,
-    "ray": {"address": None, "hashers": 1, "hasher_gpus": 0, "matchers": 2, "matcher_gpus": 0,
+    "ray": {"address": None, "hashers": 1, "hasher_gpus": "auto", "matchers": 2, "matcher_gpus": "auto",
             "batch_max": 32, "batch_wait_s": 0.005},
 }
 

@@ -121,6 +121,16 @@ def test_results_equal_vmatch_query(server, client, ref_tmks):
         got = client.post_json("/m/raw_lookup", {"signal": sig(n), "banks": ["REF"],
                                                  "include_distance": "true"}).json()["matches"]
         assert {m["bank_content_id"]: m["distance"] for m in got} == want[n.stem]
+    # a bank's own thresholds apply to lookups in it
+    assert client.put_json("/c/bank/REF", {"c1": 0.9, "c2": 0.99}).json()["c2"] == 0.99
+    for n in needles:
+        got = client.post_json("/m/raw_lookup", {"signal": sig(n), "banks": "REF",
+                                                 "include_distance": True}).json()["matches"]
+        strict = {k: v for k, v in want[n.stem].items()
+                  if float(v.split("/")[0]) >= 0.9 and float(v.split("/")[1]) >= 0.99}
+        assert {m["bank_content_id"]: m["distance"] for m in got} == strict
+    assert any(len(v) > len({k for k, d in v.items() if float(d.split("/")[1]) >= 0.99}) for v in want.values())
+    client.put_json("/c/bank/REF", {"c1": 0.7, "c2": 0.7})
 
 
 def _is_clean_4xx(r, status: int) -> None:
