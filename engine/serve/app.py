@@ -194,7 +194,6 @@ def create_app(service: Service, metrics: Metrics, request_timeout_s: float = 60
             res = await limited(service.hash(Path(tmp), name), hash_timeout_s)
         finally:
             os.unlink(tmp)
-        metrics.hashed(res.frames, res.seconds)
         return res.features, res.seconds
 
     # ------------------------------------------------------------------ core

@@ -50,9 +50,6 @@ class Metrics:
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint, method).observe(seconds)
 
-    def hashed(self, frames: int, seconds: float) -> None:
-        """Counted by the service's own gauges (kept for a service without them)."""
-
     def render(self, gauges: dict[str, Any]) -> bytes:
         self._gauges.values = gauges
         return generate_latest(self.registry)

@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence
 
 from engine.features import TmkFeatures
 from engine.index import Match
-from engine.serve.banks import BankError, BankStore
+from engine.serve.banks import BankError, BankStore, check_bank_name
 from engine.serve.hashing import HashPool, HashResult
 
 
@@ -156,7 +156,7 @@ class LocalService:
 
 
 def check_banks(banks: Sequence[str] | None) -> list[str] | None:
-    from engine.serve.banks import check_bank_name
+    """Validated bank names (None: every bank)."""
     if not banks:
         return None
     return [check_bank_name(b) for b in banks]
