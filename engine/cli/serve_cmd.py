@@ -60,7 +60,8 @@ def serve_settings(path: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.serve.server import ServeOptions, is_loopback, setup_logging
+    from engine.serve.banks import BankError
+    from engine.serve.server import ListenError, ServeOptions, is_loopback, setup_logging
 
     cfg = config_from(args)
     s = serve_settings(args.serve_config)
@@ -105,5 +106,7 @@ def run(args: argparse.Namespace) -> int:
             return run_ray(opts, cfg)
         from engine.serve.server import run_local
         return run_local(opts)
-    except OSError as e:
-        raise CliError(f"cannot listen on {s['host']}:{s['port']} ({e.strerror or e})", 2) from None
+    except ListenError as e:
+        raise CliError(str(e), 2) from None
+    except BankError as e:
+        raise CliError(e.message, 2) from None

@@ -67,11 +67,19 @@ def setup_logging() -> None:
     acc.propagate = False
 
 
+class ListenError(OSError):
+    """The address cannot be listened on; str() is one line."""
+
+
 def bind(host: str, port: int) -> socket.socket:
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(fam, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
