@@ -165,6 +165,10 @@ class BankStore:
 
     def _load_all(self) -> None:
         try:
+            if self.writable:        # leftovers of a crash while creating or deleting a bank
+                for e in os.scandir(self.data):
+                    if e.is_dir() and e.name.startswith((".new-", ".deleted-")):
+                        shutil.rmtree(e.path, ignore_errors=True)
             for name in self._bank_dirs():
                 self._open_bank(name)
             if self.writable:
