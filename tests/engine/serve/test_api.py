@@ -200,8 +200,8 @@ def test_metrics_and_access_log(server, client):
     assert any(x["endpoint"] == "/m/raw_lookup" and x["status"] == 200 and x["ms"] > 0 for x in lines)
 
 
-def test_auth_refused_and_accepted(serve):
-    s = serve(token="s3cret-token")
+def test_auth_refused_and_accepted_and_time_limit(serve):
+    s = serve("--request-timeout", "0.000001", token="s3cret-token")
     assert s.client(token=None).get("/status/live").status == 200
     for path in ("/status", "/c/banks", "/docs", "/metrics", "/m/index/status"):
         assert s.client(token=None).get(path).status == 401, path
@@ -209,6 +209,8 @@ def test_auth_refused_and_accepted(serve):
         assert s.client().get(path).status == 200, path
     r = s.client(token="wrong").post_json("/c/banks", {"name": "X"})
     assert r.status == 401 and r.headers.get("www-authenticate") == "Bearer"
+    r = s.client().post_json("/c/banks", {"name": "X"})       # past the (absurd) per-request limit
+    assert r.status == 504 and "longer than" in r.json()["message"]
 
 
 def test_refuses_a_public_address_without_a_token(tmp_path):
