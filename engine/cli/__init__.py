@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -101,7 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                             format="vmatch: %(name)s: %(message)s", stream=sys.stderr)
-    return run_command(lambda: args.func(args), args.command)  # engine/cli/errors.py: one line, exit code
+    return run_command(lambda: _run(args), args.command)  # engine/cli/errors.py: one line, exit code
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.config is not None and not os.path.isfile(args.config):  # also for commands that read no config
+        from engine.errors import ConfigError
+        raise ConfigError(args.config, "is a directory" if os.path.isdir(args.config) else "no such file")
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

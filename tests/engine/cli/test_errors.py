@@ -90,6 +90,8 @@ def test_every_command_maps_bad_input_to_one_line(capsys, inputs, argv, code, te
 def test_missing_config_is_a_usage_error(capsys, inputs):
     rc, line = _one_line(capsys, ["--config", inputs["dir"] / "missing.yaml", "score", inputs["a"], inputs["b"]])
     assert rc == 2 and f"{inputs['dir'] / 'missing.yaml'}: " in line and "no such file" in line.lower()
+    rc, line = _one_line(capsys, ["--config", inputs["dir"] / "missing.yaml", "info", inputs["a"]])  # reads no config
+    assert rc == 2 and line == f"vmatch: {inputs['dir'] / 'missing.yaml'}: no such file"
 
 
 def test_score_of_different_parameters_in_a_fresh_process(inputs):
