@@ -24,7 +24,7 @@ def require() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotsUnavailable("matplotlib is not installed (pip install matplotlib, or the \"plots\" extra), "
+        raise PlotsUnavailable("matplotlib is not installed (pip install matplotlib), "
                                "or pass --no-plots") from None
 
 
