@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from engine import signals
 from engine.features import TmkFeatures
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
@@ -394,6 +395,47 @@ class VideoIndex:
                     hasher = VideoHasher(self.params)
                 jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
+
+    def add_signal_list(self, path: str | os.PathLike[str], progress: ProgressFn | None = None,
+                        workers: int = 8) -> int:
+        """Add the signals of a list file (``[tmk_pdqf ]SIGNAL[<TAB>ID]`` per line, engine.signals)
+        in one transaction: any bad line, duplicate or existing id adds nothing.
+
+        An entry without an id gets `signals.content_id` of its bytes.  The list is read twice
+        (ids first, then each signal again by its byte offset when it is stored), so memory
+        holds one batch of signatures, not the whole list.
+        """
+        where = str(Path(path))
+        ids, sources, offsets = [], [], []
+        with open(path, "rb") as fh:
+            pos = 0
+            for n, raw in enumerate(fh, 1):
+                at, start, pos = f"{where}:{n}", pos, pos + len(raw)
+                try:
+                    entry = signals.parse_line(raw.decode("ascii"), n)
+                except UnicodeDecodeError:
+                    raise signals.SignalError(at, "not ASCII text; nothing was added") from None
+                except signals.SignalError as e:
+                    raise signals.SignalError(at, f"{e.reason}; nothing was added") from None
+                if entry is None:
+                    continue
+                try:
+                    data = signals.decode_bytes(entry.signal, at, self.params)
+                except signals.SignalError as e:
+                    raise signals.SignalError(at, f"{e.reason}; nothing was added") from None
+                ids.append(entry.id if entry.id is not None else signals.content_id(data))
+                sources.append(at)
+                offsets.append(start)
+
+        def load(at: str, offset: int) -> TmkFeatures:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                entry = signals.parse_line(fh.readline().decode("ascii"))
+            assert entry is not None, at
+            return signals.decode(entry.signal, at, self.params)
+
+        jobs = [lambda a=a, o=o: load(a, o) for a, o in zip(sources, offsets)]
+        return self._add_jobs(ids, sources, jobs, progress, workers)
 
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
