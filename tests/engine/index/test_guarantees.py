@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from engine.index import IndexCorruptError, VideoIndex
-from engine.index.manifest import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[3]
 

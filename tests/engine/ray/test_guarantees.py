@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from engine.decode import decode_frames
 from engine.ray.actors import CHUNKS_IN_FLIGHT, HashWorker
