@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "backfill_cmd",
     "eval_cmd",
     "signal_cmd",
+    "serve_cmd",
 ]
 
 #: Commands whose module imports nothing heavy: only that module is loaded for them, so they
@@ -32,18 +33,26 @@ _COMMANDS = {
     "query_cmd": ["query", "cluster"],
     "backfill_cmd": ["backfill"],
     "eval_cmd": ["eval"],
+    "serve_cmd": ["serve"],
 }
+
+
+#: The extra that installs a module's optional dependencies (default: cpu).
+_EXTRAS = {"serve_cmd": "cpu,serve"}
 
 
 def _register_missing(sub: argparse._SubParsersAction, module: str, missing: str) -> None:
     """Keep the other commands usable when one group's dependency is not installed."""
+    extra = _EXTRAS.get(module, "cpu")
+
     def run(args: argparse.Namespace) -> int:
         raise CliError(f"'{args.command}' needs the Python package '{missing}', which is not installed "
-                       "(pip install -e \".[cpu]\" or \".[gpu]\")", 2)
+                       f"(pip install -e \".[{extra}]\"" + (" or \".[gpu]\")" if extra == "cpu" else ")"), 2)
 
     for cmd in _COMMANDS.get(module, []):
         if cmd not in sub.choices:
-            p = sub.add_parser(cmd, help=f"(unavailable: needs {missing})", add_help=False)
+            # no option prefixes: every argument (flags too) lands in `rest`, and the message is shown
+            p = sub.add_parser(cmd, help=f"(unavailable: needs {missing})", add_help=False, prefix_chars="\x00")
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(func=run)
 
