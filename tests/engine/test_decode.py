@@ -271,6 +271,7 @@ def test_fallback_when_decord_cannot_open(clips: dict[str, Path], monkeypatch: p
         raise RuntimeError("Error sending packet")
 
     monkeypatch.setattr(decode_mod._DecordSource, "__init__", broken)
+    monkeypatch.setenv("VMATCH_FFMPEG", "none")  # the PyAV fallback (the ffmpeg pipe: test_decode_choice)
     with VideoDecoder(clips["webm"]) as dec:
         assert dec.info.backend == "pyav"
         frames = np.concatenate(list(dec))
@@ -290,6 +291,7 @@ def test_fallback_when_get_batch_fails_midstream(
         raise RuntimeError("[07:37:15] /project/src/x.cc:1: Error sending packet\nStack trace:\n  [bt] (0) x")
 
     monkeypatch.setattr(decode_mod._DecordSource, "chunks", flaky)
+    monkeypatch.setenv("VMATCH_FFMPEG", "none")  # the PyAV fallback (the ffmpeg pipe: test_decode_choice)
     dec = VideoDecoder(clips["fps30"], chunk_frames=10)
     got = np.concatenate(list(dec))
     assert dec.info.backend == "pyav"
