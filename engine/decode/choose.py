@@ -22,6 +22,11 @@ DECORD_CODECS = frozenset({
     "h264", "hevc", "av1", "libdav1d", "libaom-av1", "vp8", "mpeg4", "mjpeg", "prores", "ffv1",
     "dnxhd", "h263", "theora",
 })
+#: Longest input (seconds) given to decord: its resident memory grows with the frames it has
+#: read (measured +70..130 MB over a 60-minute 320x240 file, most of it in the first 10
+#: minutes) and it decodes ahead without a cap when the consumer is slower; the ffmpeg pipe
+#: is flat (docs/compatibility.md, "Memory").
+DECORD_MAX_SECONDS = 120.0
 #: Seconds by which decord's (float32) timestamps may differ from the container's.
 _TS_TOLERANCE = 2e-3
 
@@ -73,6 +78,8 @@ def container_reason(f: StreamFacts) -> str | None:
         return f"container {f.container.split(',')[0]}"
     if f.codec not in DECORD_CODECS:
         return f"codec {f.codec}"
+    if f.duration > DECORD_MAX_SECONDS:
+        return f"long video ({f.duration:.0f} s > {DECORD_MAX_SECONDS:.0f} s): bounded memory"
     if f.streams > 1 and abs(f.start_offset) > 1e-6:
         # ffmpeg's CFR sync then counts from the container start (duplicating the first frame)
         return f"video starts {f.start_offset:+.3f} s from the container start"
