@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +188,7 @@ def _vmatch_hash(paths: list[Path], outdir: Path, mode: str) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def matrix(oracle: Oracle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+def matrix(oracle: Oracle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
     d = tmp_path_factory.mktemp("matrix")
     (d / "ref").mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -213,7 +213,41 @@ def matrix(oracle: Oracle, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         out[c.name] = Outcome(c, link, r.returncode == 0, err, d / "ref" / (p.name + ".tmk"),
                               d / "exact" / (link.stem + ".tmk"), d / "fast" / (link.stem + ".tmk"))
     out["__runs__"] = runs  # type: ignore[assignment]
-    return out
+    yield out
+    if os.environ.get("VMATCH_MATRIX_REPORT"):
+        _write_report(Path(os.environ["VMATCH_MATRIX_REPORT"]), out)
+
+
+def _decoder_of(path: Path) -> str:
+    from engine.decode import DecodeError, VideoDecoder
+
+    try:
+        with VideoDecoder(path) as dec:
+            return dec.info.backend + (f" ({dec.info.reason})" if dec.info.reason else "")
+    except DecodeError as e:
+        return f"error: {e.reason}"
+
+
+def _write_report(dest: Path, res: dict[str, Outcome]) -> None:
+    """The docs/compatibility.md table: one row per clip, from this run's files."""
+    rows = ["| input | what | decoder used | exact | fast worst level-1 | fast worst level-2 |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for c in MATRIX:
+        o = res[c.name]
+        dec = _decoder_of(o.path)
+        if not o.ref_ok:
+            exact = "both fail" if not o.exact_tmk.exists() else "NO (reference fails, vmatch hashes)"
+            l1 = l2 = "-"
+        else:
+            exact = "yes" if o.exact_tmk.exists() and o.exact_tmk.read_bytes() == o.ref_tmk.read_bytes() else "NO"
+            if o.fast_tmk.exists():
+                ref, got = read_tmk(o.ref_tmk), read_tmk(o.fast_tmk)
+                a, b, _ = Scorer(ref.params, "cpu").pair(ref, got)
+                l1, l2 = f"{a:.7f}", f"{b:.7f}"
+            else:
+                l1 = l2 = "missing"
+        rows.append(f"| `{c.name}` | {c.what} | {dec} | {exact} | {l1} | {l2} |")
+    dest.write_text("\n".join(rows) + "\n")
 
 
 @pytest.mark.parametrize("name", [c.name for c in MATRIX])
@@ -238,6 +272,9 @@ def test_fast_within_bounds(matrix: dict[str, Outcome], name: str) -> None:
     ref, got = read_tmk(o.ref_tmk), read_tmk(o.fast_tmk)
     assert got.frame_count == ref.frame_count
     assert np.abs(got.cos - ref.cos).max() <= 1e-5 and np.abs(got.sin - ref.sin).max() <= 1e-5
-    l1, l2, _ = Scorer(ref.params, "cpu").pair(ref, got)
+    scorer = Scorer(ref.params, "cpu")
+    l1, l2, _ = scorer.pair(ref, got)
     if ref.frame_count:
-        assert l1 >= 0.99999 and l2 >= 0.99999
+        # a one-frame hash scores 0.518 against itself at level 2 (spec 7.4): bound relative to that
+        self_l2 = min(1.0, scorer.pair(ref, ref)[1])
+        assert l1 >= 0.99999 and l2 >= 0.99999 * self_l2
