@@ -405,10 +405,11 @@ class VideoDecoder:
             if self._ffmpeg is None:
                 raise DecodeError(self.path, "no ffmpeg 5.1 found (install it, or set VMATCH_FFMPEG)")
             return self._open_pipe("requested")
-        if self.backend == "auto" and self._ffmpeg and self._facts is not None:
+        if self.backend == "auto" and self._facts is not None:
             why = choose.container_reason(self._facts)
             if why:
-                return self._open_pipe(why)
+                # without the pipe, PyAV: it follows the container's timestamps and streams
+                return self._open_pipe(why) if self._ffmpeg else self._open_pyav_for(why)
         try:
             source = self._open_decord()
         except Exception as e:  # decord raises DECORDError/RuntimeError with log text
@@ -418,9 +419,9 @@ class VideoDecoder:
                 return self._open_pipe(f"decord: {_one_line(e)}")
             self._reason = f"decord: {_one_line(e)}"
             return self._open_pyav()  # PyAV's reason is the clearer one if it fails too
-        if source.mismatch and self.backend == "auto" and self._ffmpeg:
+        if source.mismatch and self.backend == "auto":
             source.close()
-            return self._open_pipe(source.mismatch)
+            return self._open_pipe(source.mismatch) if self._ffmpeg else self._open_pyav_for(source.mismatch)
         self._reason = source.mismatch or ""
         return source
 
@@ -445,6 +446,11 @@ class VideoDecoder:
         return FfmpegPipeSource(self.path, self.size, self.out_fps, self._ffmpeg,
                                 fps_in=f.fps_guess if f else 0.0, source_frames=f.frames if f else 0,
                                 expected_frames=expected)
+
+    def _open_pyav_for(self, why: str) -> _PyAVSource:
+        log.info("%s: decoding with PyAV (%s; no ffmpeg 5.1 for the exact pipe)", self.path, why)
+        self._reason = why
+        return self._open_pyav()
 
     def _open_pyav(self) -> _PyAVSource:
         try:

@@ -106,7 +106,11 @@ def test_without_ffmpeg_backend_ffmpeg_is_a_clear_error(monkeypatch: pytest.Monk
     monkeypatch.setenv("VMATCH_FFMPEG", "none")
     with pytest.raises(DecodeError, match="no ffmpeg 5.1 found"):
         VideoDecoder(clips["mp4"], backend="ffmpeg")
-    with VideoDecoder(clips["ts"]) as dec:  # auto without the pipe: decord, as before
+    with VideoDecoder(clips["ts"]) as dec:  # auto without the pipe: PyAV where decord is not exact
+        assert dec.info.backend == "pyav" and "mpegts" in dec.info.reason
+    with VideoDecoder(clips["trim"]) as dec:
+        assert dec.info.backend == "pyav" and "edit list" in dec.info.reason
+    with VideoDecoder(clips["mp4"]) as dec:
         assert dec.info.backend == "decord"
 
 

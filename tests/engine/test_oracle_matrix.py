@@ -108,6 +108,8 @@ MATRIX: list[Clip] = [
                           ("30", "30"), ("50", "50"), ("59.94", "60000/1001"), ("60", "60"), ("120", "120"),
                           ("10", "10")]],
     clip("fps-25.mkv", "25 fps in Matroska (1 ms time base)", [*src("64x48", "25"), *X264, "-pix_fmt", "yuv420p", "{out}"]),
+    clip("fps-29.97.mkv", "29.97 fps in Matroska (33 ms packets: 0 ticks by ffmpeg's rounding)",
+         [*src("64x48", "30000/1001"), *X264, "-pix_fmt", "yuv420p", "{out}"]),
     clip("fps-25.ts", "25 fps H.264 in MPEG-TS", [*src("64x48", "25"), *X264, "-pix_fmt", "yuv420p", "{out}"]),
     # --- timing
     clip("vfr.mp4", "variable frame rate (0.9 s and 0.37 s gaps)",
@@ -278,3 +280,16 @@ def test_fast_within_bounds(matrix: dict[str, Outcome], name: str) -> None:
         # a one-frame hash scores 0.518 against itself at level 2 (spec 7.4): bound relative to that
         self_l2 = min(1.0, scorer.pair(ref, ref)[1])
         assert l1 >= 0.99999 and l2 >= 0.99999 * self_l2
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_batch_reports_one_line_per_failure(matrix: dict[str, Outcome], mode: str) -> None:
+    """The batch went on past the bad inputs; stderr holds one line per failure and the summary."""
+    run = matrix["__runs__"][mode]  # type: ignore[index]
+    failing = [o for k, o in matrix.items() if k != "__runs__" and not o.ref_ok]
+    assert failing and run.returncode == 1
+    lines = run.stderr.splitlines()
+    assert lines[-1] == f"vmatch: {len(failing)} of {len(MATRIX)} inputs failed"
+    assert sorted(lines[:-1]) == sorted(f"vmatch: {o.path}: " + ln.split(f"{o.path}: ", 1)[1]
+                                        for o in failing for ln in lines if ln.startswith(f"vmatch: {o.path}: "))
+    assert len(lines) == len(failing) + 1, lines  # no library noise on stderr
