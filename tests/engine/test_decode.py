@@ -248,11 +248,8 @@ def test_vfr_frame_count_equals_the_reference_ffmpeg_pipe(oracle, clips: dict[st
     assert np.all(ref[1:] == ref[:-1], axis=(1, 2, 3)).sum() >= 10   # the clip really has gaps
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: on variable-rate input ffmpeg 5.1 takes each frame's duration from its packet "
-    "(lrintf(pkt_duration*15) when > 0, else 15/r_frame_rate), the decoder one nominal duration "
-    "from the average frame rate; 41 of 78 frames of this clip differ (same count)"))
 def test_vfr_frames_equal_the_reference_ffmpeg_pipe(oracle, clips: dict[str, Path]) -> None:
+    """Variable rate: ffmpeg 5.1 takes each frame's duration from its packet (issue 8 fix)."""
     ref = _oracle_frames(oracle, clips["vfr"])
     assert np.array_equal(decode_frames(clips["vfr"]), ref)
 
