@@ -42,7 +42,7 @@ class HashConfig:
 
     mode: str = "auto"                # exact | fast | auto (exact on CPU, fast on CUDA)
     device: str = "auto"              # auto | cpu | cuda
-    backend: str = "auto"             # auto (decord, PyAV fallback) | decord | pyav
+    backend: str = "auto"             # auto (per input, docs/compatibility.md) | decord | pyav | ffmpeg
     chunk_frames: int = 256           # frames decoded and hashed per batch (bounds memory)
     timeout_s: float | None = 600.0   # per-video decode limit (None: no limit)
     fast_exact_below: float = 32.0    # fast mode: frames with a PDQF norm below this are computed exactly
