@@ -385,6 +385,8 @@ class VideoIndex:
             with one_video_at_a_time:
                 return h.hash(p)  # type: ignore[attr-defined]
 
+        if paths and all(p.suffix.lower() == ".tmk" for p in paths):
+            return self._add_tmk_files(paths, progress)
         for p in paths:
             if p.suffix.lower() == ".tmk":
                 jobs.append(lambda p=p: read_tmk(p))
@@ -394,6 +396,47 @@ class VideoIndex:
                     hasher = VideoHasher(self.params)
                 jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
+
+    def _add_tmk_files(self, paths: Sequence[Path], progress: ProgressFn | None, chunk: int = 256) -> int:
+        """Add `.tmk` files: each chunk is read straight into one of two reused buffers and
+        prepared (checksums) in a loader thread while the previous chunk is written."""
+        from engine.tmkfile import BatchBuffer
+
+        ids, sources = [p.stem for p in paths], [str(p) for p in paths]
+        with self._writing() as m:
+            self._check_new_ids(ids, sources, set(self._locations()))
+            name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
+            writers: dict[int, SegmentWriter] = {}
+            store = m.store
+            bufs = [BatchBuffer(self.params, min(chunk, len(paths)), "the index's") for _ in range(2)]
+            nchunks = -(-len(paths) // chunk)
+
+            def load(k: int) -> list[Prepared]:
+                lo = k * chunk
+                b = bufs[k % 2].fill(paths[lo:lo + chunk], workers=1)
+                return [prepare(b[i], ids[lo + i], sources[lo + i], store) for i in range(len(b))]
+
+            try:
+                with ThreadPoolExecutor(max_workers=1) as ex:
+                    ahead = ex.submit(load, 0)
+                    for k in range(nchunks):
+                        batch = ahead.result()
+                        if k + 1 < nchunks:     # buffer (k+1) % 2 is free: chunk k-1 is written
+                            ahead = ex.submit(load, k + 1)
+                        for it in batch:
+                            sid = shard_of(it.id, m.shards)
+                            if sid not in writers:
+                                writers[sid] = SegmentWriter(self.root, sid, name)
+                            writers[sid].append([it])
+                        if progress:
+                            progress(len(batch))
+                self._finish_add(m, writers)
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                self._remove_orphans(m)
+                raise
+        return len(ids)
 
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:

@@ -34,7 +34,7 @@ def unit_average(avg: np.ndarray) -> np.ndarray:
     """The pure average L2-normalised in binary32, as the reference tmk-query does on load."""
     a = np.asarray(avg, dtype=np.float32)
     n = np.float32(np.sqrt(np.dot(a.astype(np.float64), a.astype(np.float64))))
-    return a if n == 0 else (a / n).astype(np.float32)
+    return a.copy() if n == 0 else (a / n).astype(np.float32)   # never a view of the caller's buffer
 
 
 #: 64-bit words per block of the row checksum (4 KB).
