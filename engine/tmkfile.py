@@ -223,17 +223,18 @@ def read_batch(paths: Sequence[str | os.PathLike[str]], workers: int = 2) -> Fea
 
 
 def iter_batches(paths: Sequence[str | os.PathLike[str]], batch: int = 256, workers: int = 2,
-                 params: TmkParams | None = None, errors: list[tuple[int, TmkFormatError]] | None = None
-                 ) -> Iterator[FeatureBatch]:
+                 params: TmkParams | None = None, errors: list[tuple[int, TmkFormatError]] | None = None,
+                 owner: str | None = None) -> Iterator[FeatureBatch]:
     """Read many files in batches of `batch` through one reused buffer (bounded memory).
 
     Each yielded FeatureBatch is a view of the buffer, valid until the next one is requested:
     copy what must outlive it.  ``errors``: collect (position in `paths`, error) of bad files
-    and go on (their slots are zero) instead of raising.
+    and go on (their slots are zero) instead of raising.  ``params``: the parameters every file
+    must be compatible with (default: the first file's), ``owner`` whose they are, for messages.
     """
     if not paths:
         return
-    buf = BatchBuffer(params or read_tmk(paths[0]).params, min(batch, len(paths)))
+    buf = BatchBuffer(params or read_tmk(paths[0]).params, min(batch, len(paths)), owner or f"{paths[0]}'s")
     for s in range(0, len(paths), batch):
         local: list[tuple[int, TmkFormatError]] | None = [] if errors is not None else None
         out = buf.fill(paths[s:s + batch], workers, local)

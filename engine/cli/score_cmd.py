@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             needle = read_tmk(args.needle)
             scorer = Scorer(needle.params, args.device or cfg.device, cfg.batch_size, cfg.grid)
             errors: list = []
-            for s, hay in _enumerate_batches(iter_batches(args.files, 512, params=needle.params,
+            for s, hay in _enumerate_batches(iter_batches(args.files, 512, params=needle.params, owner="the needle's",
                                                           errors=errors), 512):
                 bad = {i - s for i, _ in errors if i >= s}
                 res = scorer.one_to_many(needle, hay, c1)
