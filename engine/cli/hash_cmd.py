@@ -6,9 +6,6 @@ import os
 from pathlib import Path
 
 from engine.cli.common import CliError, Progress, config_from, fail
-from engine.decode import DecodeError
-from engine.hasher import VideoHasher
-from engine.tmkfile import write_tmk
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.decode import DecodeError
+    from engine.hasher import VideoHasher
+    from engine.tmkfile import write_tmk
+
     cfg = config_from(args).hash
     if args.output and len(args.videos) != 1:
         raise CliError("-o takes exactly one input video; use -d OUTDIR for several", 2)

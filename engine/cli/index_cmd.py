@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.cli.common import CliError, Progress, config_from
 from engine.config import Config
-from engine.decode import DecodeError
-from engine.index import VideoIndex, VideoIndexError
-from engine.scoring import IncompatibleError
-from engine.tmkfile import TmkFormatError, iter_tmk_paths
-from kernels.params import TmkParams
+
+if TYPE_CHECKING:   # the implementations (torch, faiss) are imported when a command runs
+    from engine.index import VideoIndex
+    from kernels.params import TmkParams
 
 #: Defaults of the `index:` config section (configs/default.yaml overrides them).
 INDEX_DEFAULTS: dict[str, Any] = {
@@ -30,18 +30,27 @@ def index_config(cfg: Config) -> dict[str, Any]:
     return {**INDEX_DEFAULTS, **sec}
 
 
+#: Expected failures of index work: (module, class).  Only modules already imported can have
+#: raised them, so checking sys.modules keeps this free of torch and faiss imports.
+_EXPECTED = (("engine.index.manifest", "VideoIndexError"), ("engine.tmkfile", "TmkFormatError"),
+             ("engine.decode", "DecodeError"), ("engine.scoring", "IncompatibleError"))
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Expected failures of index work become one-line CLI errors."""
     try:
         yield
-    except (VideoIndexError, TmkFormatError, DecodeError, IncompatibleError) as e:
-        raise CliError(str(e)) from None
-    except RuntimeError as e:  # e.g. CUDA requested without a device
-        raise CliError(str(e), 2) from None
+    except Exception as e:
+        expected = tuple(getattr(sys.modules[m], c) for m, c in _EXPECTED if m in sys.modules)
+        if isinstance(e, expected):
+            raise CliError(str(e)) from None
+        if isinstance(e, RuntimeError):  # e.g. CUDA requested without a device
+            raise CliError(str(e), 2) from None
+        raise
 
 
-def make_hasher(cfg: Config, params: TmkParams, device: str | None):
+def make_hasher(cfg: Config, params: "TmkParams", device: str | None):
     """A VideoHasher configured from the `hash:` section (for videos given instead of .tmk files)."""
     from engine.hasher import VideoHasher
     h = cfg.hash
@@ -49,7 +58,9 @@ def make_hasher(cfg: Config, params: TmkParams, device: str | None):
                        timeout_s=h.timeout_s, backend=h.backend, fast_exact_below=h.fast_exact_below)
 
 
-def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> VideoIndex:
+def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> "VideoIndex":
+    from engine.index import VideoIndex
+
     return VideoIndex(args.index, device=getattr(args, "device", None) or ic["device"],
                       verify_reads=ic["verify_reads"], batch_rows=ic["batch_rows"])
 
@@ -88,6 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     cfg = config_from(args)
     ic = index_config(cfg)
     with cli_errors():
@@ -99,6 +111,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
+    from engine.tmkfile import iter_tmk_paths
+
     cfg = config_from(args)
     ic = index_config(cfg)
     paths = iter_tmk_paths(args.paths)
@@ -118,6 +133,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         n = ix.remove(args.ids)
@@ -126,6 +142,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_compact(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         n = ix.compact()
@@ -134,12 +151,18 @@ def run_compact(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.index.manifest import describe, read_manifest   # the manifest only: no torch, no faiss
+
     with cli_errors():
-        print(json.dumps(VideoIndex(args.index, device="cpu").info(), indent=1))
+        root = Path(args.index)
+        print(json.dumps(describe(root, read_manifest(root)), indent=1))
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         ix.verify()

@@ -10,7 +10,6 @@ from typing import Any
 from engine.cli.common import config_from
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
 from engine.config import Config
-from engine.index.needles import load_needles
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("needles", nargs="+", metavar="NEEDLE", help=".tmk file, folder of them, or video")
     _thresholds(q)
     q.add_argument("--top", type=int, metavar="K", help="at most K matches per needle (default: all)")
-    from engine.ray.shard_query import add_ray_arguments  # --ray, --ray-address (engine/ray)
-    add_ray_arguments(q)
+    _add_ray_arguments(q)
     q.set_defaults(func=run_query)
     c = sub.add_parser("cluster", help="groups of copies within an index (connected components)",
                        description="Link items whose pair passes both levels, then print the connected "
@@ -32,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _thresholds(c)
     c.add_argument("--min-size", type=int, default=2, help="smallest cluster printed (default 2)")
     c.set_defaults(func=run_cluster)
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--ray` and `--ray-address` (as engine.ray.shard_query.add_ray_arguments, which imports Ray's side)."""
+    parser.add_argument("--ray", action="store_true",
+                        help="serve each shard from its own Ray actor (one GPU each where present) and merge")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --ray: join this Ray cluster ('auto' or host:port); default: local Ray")
 
 
 def _thresholds(p: argparse.ArgumentParser) -> None:
@@ -48,6 +54,8 @@ def _settings(args: argparse.Namespace) -> tuple[Config, dict[str, Any], float, 
 
 
 def run_query(args: argparse.Namespace) -> int:
+    from engine.index.needles import load_needles
+
     cfg, ic, c1, c2 = _settings(args)
     with cli_errors():
         ix = open_index(args, ic)

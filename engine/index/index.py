@@ -29,7 +29,7 @@ from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
 from engine.index.level2 import PairScorer
 from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, FileRef, IndexCorruptError,
-                                   IndexFormatError, Manifest,
+                                   IndexFormatError, Manifest, describe,
                                    read_manifest, write_manifest)
 from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepare, read_checked, unit_average,
                                   write_small_file)
@@ -295,17 +295,7 @@ class VideoIndex:
         return out
 
     def info(self) -> dict[str, object]:
-        m = self.manifest
-        size = sum(f.size for f in m.all_files()) + (self.root / MANIFEST_NAME).stat().st_size
-        return {"path": str(self.root), "format_version": m.format_version, "count": m.count,
-                "shards": m.shards, "coarse": m.coarse, "store": m.store, "generation": m.generation,
-                "segments": sum(len(s) for s in m.segments),
-                "shard_counts": [sum(s.live for s in sh) for sh in m.segments],
-                "deleted": sum(len(s.deleted) for sh in m.segments for s in sh),
-                "retired_files": sum(len(files) for _, files in m.retired),
-                "ivf": {"nlist": m.ivf_nlist, "nprobe": m.ivf_nprobe, "trained": m.ivf_trained is not None},
-                "bytes": size, "bytes_per_item": round(size / m.count) if m.count else None,
-                "params": {"periods": list(self.params.periods), "fps": self.params.fps, "dim": self.params.dim}}
+        return describe(self.root, self.manifest)
 
     def verify(self) -> None:
         """Check every file and every store row against the manifest's checksums."""
