@@ -26,7 +26,7 @@ import torch
 
 from engine.features import TmkFeatures
 from engine.index import coarse as coarse_mod
-from engine.index.cluster import connected_components
+from engine.index.cluster import ClusterStats, cluster_pairs
 from engine.index.level2 import PairScorer
 from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, FileRef, IndexCorruptError,
                                    IndexFormatError, Manifest, describe,
@@ -39,6 +39,8 @@ from kernels.params import DEFAULT_PARAMS, TmkParams
 from kernels.score import level1
 
 LOCK_NAME = "LOCK"
+#: Largest flat index whose clusters use the exact (all-pairs, in BLAS) candidate search by default.
+EXACT_CLUSTER_LIMIT = 100_000
 ProgressFn = Callable[[int], None]
 
 
@@ -183,6 +185,7 @@ class VideoIndex:
         #: How long files replaced by `compact` stay for readers of older manifests.
         self.retire_after_s = 3600.0
         self.last_stats = QueryStats()
+        self.last_cluster_stats = ClusterStats()
 
     # ----------------------------------------------------------------- creation and state
     @classmethod
@@ -222,6 +225,7 @@ class VideoIndex:
         self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
         self._where, self._memory = None, True
         self.last_stats = QueryStats()
+        self.last_cluster_stats = ClusterStats()
         return self
 
     def reload(self) -> None:
@@ -661,42 +665,73 @@ class VideoIndex:
         return out
 
     # ------------------------------------------------------------------------ clusters
-    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2,
-                 batch: int = 128) -> list[list[str]]:
+    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128,
+                 candidates: str = "auto", nlist: int = 0, nprobe: int = 32,
+                 progress: ProgressFn | None = None) -> list[list[str]]:
         """Groups of items linked by chains of pairs passing both levels (connected components).
 
-        Each unordered pair is scored once, the smaller id first (like tmk-two-level-score).
-        Clusters are ordered by size (largest first) then smallest id; members by id.
-        Needles are taken in storage order, so each batch is one run of one segment's rows.
+        Level-1 candidates come from one faiss range search per item over all level-1 vectors:
+        ``candidates="exact"`` (flat: the components equal the all-pairs brute force) or
+        ``"ivf"`` (IVF-Flat with `nlist` lists, `nprobe` probed: near-linear time, recall
+        measured in docs/index.md); ``"auto"``: exact for a flat index of at most
+        EXACT_CLUSTER_LIMIT items, else ivf.  Level-2 is scored (the smaller id as needle, like
+        tmk-two-level-score) only for pairs that would join two components
+        (engine/index/cluster.py), `batch` pairs at a time.  Clusters are ordered by size
+        (largest first) then smallest id; members by id.  `last_cluster_stats` says what ran.
         """
         names = sorted(self._locations())
-        rank = {n: i for i, n in enumerate(names)}
-        shards = self._state()
-        shard_rank = [np.array([rank.get(i, -1) for i in sh.ids], dtype=np.int64) for sh in shards]
-        edges: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
-        for sh, ranks in zip(shards, shard_rank):
-            live = sh.live_rows()
-            seg_of = np.searchsorted(sh.first, live, side="right")
-            for seg in np.unique(seg_of):
-                rows_in_seg = live[seg_of == seg]
-                for s in range(0, len(rows_in_seg), batch):
-                    rows = rows_in_seg[s:s + batch]
-                    feats = self._scorer.rows_to_device(sh.rows(rows))
-                    nd = _Needles([sh.ids[r] for r in rows], sh.l1[rows], feats[:, 0], feats[:, 1])
-                    edges.append(self._edges_from(nd, ranks[rows], shard_rank, c1, c2))
-        comps = connected_components(len(names), np.concatenate(edges))
-        return [[names[i] for i in c] for c in comps if len(c) >= min_size]
+        where, shards = self._locations(), self._state()
+        n, d = len(names), self.params.dim
+        loc = np.array([where[i] for i in names], dtype=np.int64).reshape(-1, 2)
+        shard_of, row_of = loc[:, 0], loc[:, 1]
+        vecs = np.empty((n, d), np.float32)
+        for si, sh in enumerate(shards):
+            on = shard_of == si
+            vecs[on] = sh.l1[row_of[on]]
+        if candidates == "auto":
+            candidates = "exact" if self.manifest.coarse == "flat" and n <= EXACT_CLUSTER_LIMIT else "ivf"
+        if candidates not in ("exact", "ivf"):
+            raise ValueError(f"unknown candidate search {candidates!r} (expected auto, exact or ivf)")
 
-    def _edges_from(self, nd: _Needles, needle_rank: np.ndarray, shard_rank: list[np.ndarray], c1: float,
-                    c2: float) -> np.ndarray:
-        """[E,2] id ranks of the pairs passing both levels, each scored from its smaller id."""
-        pairs = self._level1(nd, c1)
-        cand_rank = np.full(len(pairs.row), -1, np.int64)
-        for si, ranks in enumerate(shard_rank):
-            on = pairs.shard == si
-            cand_rank[on] = ranks[pairs.row[on]]
-        keep = cand_rank > needle_rank[pairs.needle]
-        pairs, cand_rank = pairs.take(keep), cand_rank[keep]
-        l2, _ = self._level2(nd, pairs, c2)
-        ok = l2 >= c2
-        return np.stack([needle_rank[pairs.needle[ok]], cand_rank[ok]], 1)
+        def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            out = np.empty(len(a), np.float32)
+            for s in range(0, len(a), 1 << 16):
+                out[s:s + (1 << 16)] = level1(torch.from_numpy(vecs[a[s:s + (1 << 16)]]),
+                                              torch.from_numpy(vecs[b[s:s + (1 << 16)]])).numpy()
+            return out
+
+        def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return self._pairs_pass(shard_of, row_of, a, b, c2, max(batch, 1))
+
+        uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
+                                                    progress=progress)
+        return [[names[i] for i in c] for c in uf.components() if len(c) >= min_size]
+
+    def _fetch_ranks(self, shard_of: np.ndarray, row_of: np.ndarray, ranks: np.ndarray) -> torch.Tensor:
+        """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order."""
+        p = self.params
+        out = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim), dtype=torch.float32,
+                          device=self.device)
+        shards = self._state()
+        for si in np.unique(shard_of[ranks]):
+            sel = np.nonzero(shard_of[ranks] == si)[0]
+            r = row_of[ranks[sel]]
+            o = np.argsort(r, kind="stable")
+            rows = self._scorer.rows_to_device(shards[si].rows(r[o]))
+            out[torch.from_numpy(sel[o]).to(self.device)] = rows
+        return out
+
+    def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
+                    chunk: int) -> np.ndarray:
+        """Whether level-2 (needle a[k], candidate b[k]) >= c2, in chunks of pairs grouped by needle."""
+        ok = np.zeros(len(a), bool)
+        order = np.argsort(a, kind="stable")
+        for s in range(0, len(a), chunk):
+            idx = order[s:s + chunk]
+            ua, ia = np.unique(a[idx], return_inverse=True)
+            ub, ib = np.unique(b[idx], return_inverse=True)
+            nrows = self._fetch_ranks(shard_of, row_of, ua)
+            crows = self._fetch_ranks(shard_of, row_of, ub)
+            sc, _ = self._scorer.score(nrows[:, 0], nrows[:, 1], ia, ib, crows, c2)
+            ok[idx] = sc >= c2
+        return ok
