@@ -175,7 +175,13 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
 
 
 def _link(uf: UnionFind, a: np.ndarray, b: np.ndarray, l1: np.ndarray, level2: Level2Fn, st: ClusterStats) -> None:
-    """Union the pairs passing level-2, scoring only pairs that join two components (Borůvka rounds)."""
+    """Union the pairs passing level-2, scoring only pairs that join two components.
+
+    Borůvka rounds: each component offers its `t` highest-level-1 pairs to other components;
+    `t` doubles while most offers fail level-2 (candidates that are not copies) and falls back
+    to 1 while they pass (a heavily copied video then costs about one level-2 per copy).
+    """
+    t = 1
     while len(a):
         ra, rb = uf.roots(a), uf.roots(b)
         live = ra != rb
@@ -183,19 +189,20 @@ def _link(uf: UnionFind, a: np.ndarray, b: np.ndarray, l1: np.ndarray, level2: L
         if not len(a):
             return
         st.rounds += 1
-        # each component offers its best pair (highest level-1, then first) to another component
         k = len(a)
         src = np.concatenate([ra, rb])
         idx = np.concatenate([np.arange(k), np.arange(k)])
-        w = np.concatenate([l1, l1])
-        order = np.lexsort((idx, -w, src))
-        first = np.r_[True, src[order][1:] != src[order][:-1]]
-        pick = np.unique(idx[order][first])
+        order = np.lexsort((idx, -np.concatenate([l1, l1]), src))
+        s_src = src[order]
+        start = np.r_[0, np.nonzero(s_src[1:] != s_src[:-1])[0] + 1]
+        rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))
+        pick = np.unique(idx[order][rank < t])
         passes = np.asarray(level2(a[pick], b[pick]), dtype=bool)
         st.level2_pairs += len(pick)
         for i in pick[passes].tolist():
             if uf.union(int(a[i]), int(b[i])):
                 st.linked += 1
+        t = min(2 * t, 256) if passes.mean() < 0.5 else 1
         done = np.zeros(k, bool)
         done[pick] = True
         a, b, l1 = a[~done], b[~done], l1[~done]

@@ -703,35 +703,44 @@ class VideoIndex:
         def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return self._pairs_pass(shard_of, row_of, a, b, c2, max(batch, 1))
 
-        uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
-                                                    progress=progress)
+        try:
+            uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
+                                                        progress=progress)
+        finally:
+            self.__dict__.pop("_fetch_bufs", None)
         return [[names[i] for i in c] for c in uf.components() if len(c) >= min_size]
 
-    def _fetch_ranks(self, shard_of: np.ndarray, row_of: np.ndarray, ranks: np.ndarray) -> torch.Tensor:
-        """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order."""
+    def _fetch_ranks(self, shard_of: np.ndarray, row_of: np.ndarray, ranks: np.ndarray, slot: int = 0
+                     ) -> torch.Tensor:
+        """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order.
+
+        Filled into one of two reused buffers (`slot`): fresh memory per batch costs a page fault
+        per 4 KB, more than the copy itself."""
         p = self.params
-        out = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim), dtype=torch.float32,
-                          device=self.device)
+        shape = (2, p.num_periods, p.num_coeffs, p.dim)
+        bufs = self.__dict__.setdefault("_fetch_bufs", {})
+        buf = bufs.get(slot)
+        if buf is None or buf.shape[0] < len(ranks):
+            buf = bufs[slot] = torch.empty((len(ranks), *shape), dtype=torch.float32, device=self.device)
+        out = buf[:len(ranks)]
         shards = self._state()
         for si in np.unique(shard_of[ranks]):
             sel = np.nonzero(shard_of[ranks] == si)[0]
             r = row_of[ranks[sel]]
-            o = np.argsort(r, kind="stable")
-            rows = self._scorer.rows_to_device(shards[si].rows(r[o]))
-            out[torch.from_numpy(sel[o]).to(self.device)] = rows
+            ur, inv = np.unique(r, return_inverse=True)       # each row read (and checked) once
+            rows = shards[si].rows(ur)
+            t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)
+            out.index_copy_(0, torch.from_numpy(sel).to(self.device),
+                            t.to(self.device)[torch.from_numpy(inv.reshape(-1)).to(self.device)].to(torch.float32))
         return out
 
     def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
                     chunk: int) -> np.ndarray:
-        """Whether level-2 (needle a[k], candidate b[k]) >= c2, in chunks of pairs grouped by needle."""
+        """Whether level-2 (needle a[k], candidate b[k]) >= c2, `chunk` pairs at a time."""
         ok = np.zeros(len(a), bool)
-        order = np.argsort(a, kind="stable")
         for s in range(0, len(a), chunk):
-            idx = order[s:s + chunk]
-            ua, ia = np.unique(a[idx], return_inverse=True)
-            ub, ib = np.unique(b[idx], return_inverse=True)
-            nrows = self._fetch_ranks(shard_of, row_of, ua)
-            crows = self._fetch_ranks(shard_of, row_of, ub)
-            sc, _ = self._scorer.score(nrows[:, 0], nrows[:, 1], ia, ib, crows, c2)
-            ok[idx] = sc >= c2
+            sl = slice(s, s + chunk)
+            sc, _ = self._scorer.score_pairs(self._fetch_ranks(shard_of, row_of, a[sl], 0),
+                                             self._fetch_ranks(shard_of, row_of, b[sl], 1), c2)
+            ok[sl] = sc >= c2
         return ok

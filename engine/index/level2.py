@@ -97,10 +97,30 @@ class PairScorer:
         against row ``pair_slot[k]``.
         """
         k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
-        l2 = np.full(len(pair_needle), np.nan, dtype=np.float32)
-        offs = np.full((len(pair_needle), self.params.num_periods), -1, dtype=np.int64)
+        return self.finish(k0, a, b, c2)
+
+    def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 of pair k = (needle a_rows[k], candidate b_rows[k]), both [K,2,P,m,d] float32 (as
+        `rows_to_device`): one broadcast product per chunk, for pairs that share few rows (clusters)."""
+        k = len(a_rows)
+        p, m = self.params.num_periods, self.params.num_coeffs
+        k0 = torch.empty((k, p), device=self.device)
+        a = torch.empty((k, p, m - 1), device=self.device)
+        b = torch.empty_like(a)
+        for s in range(0, k, self.pair_chunk):
+            x, y = a_rows[s:s + self.pair_chunk], b_rows[s:s + self.pair_chunk]
+            k0[s:s + len(x)], a[s:s + len(x)], b[s:s + len(x)] = pair_coeffs(x[:, 0], x[:, 1], y[:, 0], y[:, 1])
+        return self.finish(k0, a, b, c2)
+
+    def finish(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 [K] and offsets [K,P] from pair coefficients, skipping pairs the bound rules out."""
+        n = k0.shape[0]
+        l2 = np.full(n, np.nan, dtype=np.float32)
+        offs = np.full((n, self.params.num_periods), -1, dtype=np.int64)
         if c2 is None:
-            todo = torch.arange(len(pair_needle), device=self.device)
+            todo = torch.arange(n, device=self.device)
         else:
             bound = (k0.abs() + torch.sqrt(a * a + b * b).sum(-1)).max(1).values
             todo = (bound * (1 + BOUND_SLACK) >= c2 * self.z).nonzero().flatten()
