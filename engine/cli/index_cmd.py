@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("index", metavar="INDEX")
     c.add_argument("--shards", type=int, help="number of shards (fixed at creation)")
     c.add_argument("--coarse", choices=["flat", "ivf"], help="level-1 index: flat (exact) or ivf (IVF-Flat)")
-    c.add_argument("--store", choices=["fp32", "fp16"], help="level-2 feature precision on disk")
+    c.add_argument("--store", choices=["fp32", "fp16", "int8"],
+                   help="level-2 feature precision on disk (int8: 66 KB per hash, error bound in docs/index.md)")
     c.add_argument("--nlist", type=int, help="ivf: inverted lists (0: about 4*sqrt(N) of the first add)")
     c.add_argument("--nprobe", type=int, help="ivf: lists probed per query")
     c.set_defaults(func=run_create)

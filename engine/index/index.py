@@ -288,7 +288,7 @@ class VideoIndex:
             si, r = where[item_id]
             sh = shards[si]
             row = sh.rows(np.array([r], dtype=np.int64))
-            row = (row.float().cpu().numpy() if isinstance(row, torch.Tensor) else np.asarray(row, np.float32))[0]
+            row = self._scorer.rows_to_device(row).cpu().numpy()[0]
             frames = 0
             if isinstance(sh, _Shard):
                 seg, local = sh.locate(r)
@@ -611,11 +611,14 @@ class VideoIndex:
         p = self.params
         shape = (min(self.batch_rows, len(uniq)), 2, p.num_periods, p.num_coeffs, p.dim)
         bufs = [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in range(self.prefetch + 1)] \
-            if self.manifest.store == "fp16" else [None] * (self.prefetch + 1)
+            if self.manifest.store != "fp32" else [None] * (self.prefetch + 1)
+        # CPU from fp16/int8: score the rows as read, widening one block at a time (never whole rows)
+        raw = self.device.type == "cpu" and self.manifest.store != "fp32" and not self._memory
 
-        def fetch(b: int) -> torch.Tensor:
+        def fetch(b: int) -> torch.Tensor | np.ndarray:
             lo, hi = bounds[b], bounds[b + 1]
-            return self._scorer.rows_to_device(shards[ush[lo]].rows(urow[lo:hi]), bufs[b % len(bufs)])
+            rows = shards[ush[lo]].rows(urow[lo:hi])
+            return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
 
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
@@ -626,7 +629,8 @@ class VideoIndex:
                 if b + self.prefetch < len(firsts):
                     ahead.append(ex.submit(fetch, b + self.prefetch))
                 pos = order[starts[b]:starts[b + 1]]
-                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
+                score = self._scorer.score_raw if raw else self._scorer.score
+                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs
 
     @contextmanager
@@ -728,10 +732,9 @@ class VideoIndex:
             sel = np.nonzero(shard_of[ranks] == si)[0]
             r = row_of[ranks[sel]]
             ur, inv = np.unique(r, return_inverse=True)       # each row read (and checked) once
-            rows = shards[si].rows(ur)
-            t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)
+            t = self._scorer.rows_to_device(shards[si].rows(ur))       # float32 (fp16/int8 widened)
             out.index_copy_(0, torch.from_numpy(sel).to(self.device),
-                            t.to(self.device)[torch.from_numpy(inv.reshape(-1)).to(self.device)].to(torch.float32))
+                            t[torch.from_numpy(inv.reshape(-1)).to(self.device)])
         return out
 
     def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from kernels.params import TmkParams
-from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs, pair_coeffs_matrix
+from engine.index import int8
+from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix
 
 #: Relative slack on the upper bound, far above float32 round-off of the coefficients.
 BOUND_SLACK = 1e-4
@@ -42,6 +43,15 @@ class PairScorer:
         ``out``: a reusable float32 buffer of at least B rows on the device for widening float16;
         fresh memory costs a page fault per 4 KB, five times the conversion itself on CPU.
         """
+        if isinstance(rows, np.ndarray) and rows.dtype == np.uint8:     # int8 records
+            p = self.params
+            shape = (2, p.num_periods, p.num_coeffs, p.dim)
+            if self.device.type == "cpu":
+                dst = out[:len(rows)].numpy() if out is not None else None
+                return torch.from_numpy(int8.dequantize(rows, shape, dst))
+            q, sc = int8.split(rows, shape)
+            t = torch.from_numpy(np.ascontiguousarray(q)).to(self.device).to(torch.float32)
+            return t.mul_(torch.from_numpy(sc).to(self.device).unsqueeze(-1))
         t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)
         if t.dtype == torch.float32 or out is None:
             return t.to(self.device).to(torch.float32)
@@ -97,6 +107,30 @@ class PairScorer:
         against row ``pair_slot[k]``.
         """
         k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
+        return self.finish(k0, a, b, c2)
+
+    def score_raw(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
+                  raw: np.ndarray, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`score` on CPU from store rows as read (float16 [B,2,P,m,d] or int8 records), never
+        widening whole rows (kernels.score.needle_coeffs_lowp)."""
+        p = self.params
+        shape = (2, p.num_periods, p.num_coeffs, p.dim)
+        q, scales = int8.split(raw, shape) if raw.dtype == np.uint8 else (raw, None)
+        k = len(pair_needle)
+        k0 = torch.empty((k, p.num_periods))
+        a = torch.empty((k, p.num_periods, p.num_coeffs - 1))
+        b = torch.empty_like(a)
+        uniq = np.unique(pair_needle)
+        order = np.argsort(pair_needle, kind="stable")
+        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
+        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+            pos = order[s:e]
+            slots = pair_slot[pos]
+            every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
+            qq = q if every else q[slots]
+            ss = None if scales is None else (scales if every else scales[slots])
+            pt = torch.from_numpy(pos)
+            k0[pt], a[pt], b[pt] = needle_coeffs_lowp(n_cos[u], n_sin[u], qq, ss)
         return self.finish(k0, a, b, c2)
 
     def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None

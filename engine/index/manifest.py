@@ -20,7 +20,7 @@ MANIFEST_NAME = "MANIFEST.json"
 FORMAT_NAME = "vmatch-index"
 FORMAT_VERSION = 1
 COARSE_KINDS = ("flat", "ivf")
-STORE_KINDS = ("fp32", "fp16")
+STORE_KINDS = ("fp32", "fp16", "int8")
 
 
 class VideoIndexError(Exception):
