@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.config import Config, load_config
+if TYPE_CHECKING:   # engine.config imports numpy (via kernels.params): only when a command runs
+    from engine.config import Config
 
 
 class CliError(Exception):
@@ -22,7 +23,9 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def config_from(args: argparse.Namespace) -> Config:
+def config_from(args: argparse.Namespace) -> "Config":
+    from engine.config import load_config
+
     try:
         return load_config(getattr(args, "config", None))
     except ValueError as e:

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.cli.common import CliError, Progress, config_from
-from engine.config import Config
 
 if TYPE_CHECKING:   # the implementations (torch, faiss) are imported when a command runs
+    from engine.config import Config
     from engine.index import VideoIndex
     from kernels.params import TmkParams
 
@@ -50,7 +50,7 @@ def cli_errors() -> Iterator[None]:
         raise
 
 
-def make_hasher(cfg: Config, params: "TmkParams", device: str | None):
+def make_hasher(cfg: "Config", params: "TmkParams", device: str | None):
     """A VideoHasher configured from the `hash:` section (for videos given instead of .tmk files)."""
     from engine.hasher import VideoHasher
     h = cfg.hash

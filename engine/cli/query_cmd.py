@@ -5,11 +5,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.cli.common import config_from
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
-from engine.config import Config
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +57,7 @@ def _thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
-def _settings(args: argparse.Namespace) -> tuple[Config, dict[str, Any], float, float]:
+def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float, float]:
     cfg = config_from(args)
     ic = index_config(cfg)
     return cfg, ic, ic["c1"] if args.c1 is None else args.c1, ic["c2"] if args.c2 is None else args.c2
