@@ -124,13 +124,14 @@ def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int
 
 def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: float,
                   kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 512,
-                  slack: float = 1e-4, progress: Callable[[int], None] | None = None
+                  slack: float = 1e-4, hold_pairs: int = 1 << 20, progress: Callable[[int], None] | None = None
                   ) -> tuple[UnionFind, ClusterStats]:
     """Connected components of the graph of pairs passing level-1 >= c1 and level-2 >= c2.
 
-    Candidates: a faiss range search of every item's level-1 vector at c1 - slack (flat:
-    exact, so the components equal the all-pairs brute force; IVF: approximate, recall
-    measured in docs/index.md), then the exact `level1(i, j)` >= c1.  Level-2 is spent only
+    Candidates: a faiss range search of every item's level-1 vector at c1 - slack, each pair
+    kept from its smaller end (flat: exact, so the components equal the all-pairs brute
+    force; IVF: approximate, recall measured in docs/index.md), then the exact
+    `level1(i, j)` >= c1.  Pairs are held until `hold_pairs` accumulate, then linked.  Level-2 is spent only
     where it can change the answer: a pair whose ends are already in one component is
     skipped, and the remaining pairs are scored in Borůvka rounds, each component offering
     its highest-level-1 pair to another component (a heavily copied video costs about one
@@ -147,30 +148,36 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     index = candidate_search(vectors, kind, nlist, nprobe)
     st.level1_s += time.perf_counter() - t0
     x = np.ascontiguousarray(vectors, dtype=np.float32)
+    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def link() -> None:
+        t0 = time.perf_counter()
+        if held:
+            _link(uf, *(np.concatenate(c) for c in zip(*held)), level2, st)
+        held.clear()
+        st.level2_s += time.perf_counter() - t0
+
+    pending = 0
     for s in range(0, n, query_batch):
         t0 = time.perf_counter()
         q = np.arange(s, min(s + query_batch, n))
         lims, _, rows = index.range_search(x[q], c1 - slack)
         qi = np.repeat(q, np.diff(lims.astype(np.int64)))
         rows = rows.astype(np.int64)
-        a, b = np.minimum(qi, rows), np.maximum(qi, rows)
-        keep = a != b
-        if kind == "exact":          # symmetric: each pair from its smaller end only
-            keep &= qi < rows
-        a, b = a[keep], b[keep]
-        if kind != "exact" and len(a):
-            key = np.unique(a * n + b)
-            a, b = key // n, key % n
+        keep = qi < rows                  # each pair from its smaller end (the exact search is symmetric)
+        a, b = qi[keep], rows[keep]
         l1 = level1(a, b) if len(a) else np.zeros(0, np.float32)
         ok = l1 >= c1
-        a, b, l1 = a[ok], b[ok], l1[ok]
-        st.level1_pairs += len(a)
+        st.level1_pairs += int(ok.sum())
+        held.append((a[ok], b[ok], l1[ok]))
+        pending += int(ok.sum())
         st.level1_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _link(uf, a, b, l1, level2, st)
-        st.level2_s += time.perf_counter() - t0
+        if pending >= hold_pairs:         # link in large sets: fewer, larger level-2 batches
+            link()
+            pending = 0
         if progress:
             progress(len(q))
+    link()
     return uf, st
 
 

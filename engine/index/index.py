@@ -705,7 +705,7 @@ class VideoIndex:
             return out
 
         def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return self._pairs_pass(shard_of, row_of, a, b, c2, max(batch, 1))
+            return self._pairs_pass(shard_of, row_of, a, b, c2, max(batch, 256))
 
         try:
             uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
@@ -718,24 +718,38 @@ class VideoIndex:
                      ) -> torch.Tensor:
         """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order.
 
-        Filled into one of two reused buffers (`slot`): fresh memory per batch costs a page fault
-        per 4 KB, more than the copy itself."""
-        p = self.params
-        shape = (2, p.num_periods, p.num_coeffs, p.dim)
-        bufs = self.__dict__.setdefault("_fetch_bufs", {})
-        buf = bufs.get(slot)
-        if buf is None or buf.shape[0] < len(ranks):
-            buf = bufs[slot] = torch.empty((len(ranks), *shape), dtype=torch.float32, device=self.device)
-        out = buf[:len(ranks)]
+        Rows are gathered as stored (66 KB each for int8) into one buffer, then widened once into
+        a second; both are reused across batches (`slot`), since fresh memory per batch costs a
+        page fault per 4 KB, more than the copy itself."""
         shards = self._state()
+        bufs = self.__dict__.setdefault("_fetch_bufs", {})
+        raw = bufs.get(("raw", slot))
+        first = shards[int(shard_of[ranks[0]])] if len(ranks) else None
+        if isinstance(first, _MemoryShard) or not len(ranks):
+            p = self.params
+            out = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim), device=self.device)
+            for si in np.unique(shard_of[ranks]):
+                sel = np.nonzero(shard_of[ranks] == si)[0]
+                out[torch.from_numpy(sel).to(self.device)] = self._scorer.rows_to_device(
+                    shards[si].rows(row_of[ranks[sel]]))
+            return out
+        reader = first.readers[0]
+        if raw is None or raw.shape[0] < len(ranks):
+            raw = bufs[("raw", slot)] = np.empty((len(ranks), *reader.row_shape), reader.store.dtype)
+        raw = raw[:len(ranks)]
         for si in np.unique(shard_of[ranks]):
             sel = np.nonzero(shard_of[ranks] == si)[0]
             r = row_of[ranks[sel]]
             ur, inv = np.unique(r, return_inverse=True)       # each row read (and checked) once
-            t = self._scorer.rows_to_device(shards[si].rows(ur))       # float32 (fp16/int8 widened)
-            out.index_copy_(0, torch.from_numpy(sel).to(self.device),
-                            t[torch.from_numpy(inv.reshape(-1)).to(self.device)])
-        return out
+            raw[sel] = shards[si].rows(ur)[inv.reshape(-1)]
+        if raw.dtype == np.float32:
+            return torch.from_numpy(raw).to(self.device)
+        wide = bufs.get(("wide", slot))
+        if wide is None or wide.shape[0] < len(ranks):
+            p = self.params
+            wide = bufs[("wide", slot)] = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim),
+                                                      device=self.device)
+        return self._scorer.rows_to_device(raw, wide)
 
     def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
                     chunk: int) -> np.ndarray:

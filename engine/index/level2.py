@@ -13,7 +13,8 @@ import torch
 
 from kernels.params import TmkParams
 from engine.index import int8
-from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix
+from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix,
+                           pair_coeffs_rows
 
 #: Relative slack on the upper bound, far above float32 round-off of the coefficients.
 BOUND_SLACK = 1e-4
@@ -144,7 +145,7 @@ class PairScorer:
         b = torch.empty_like(a)
         for s in range(0, k, self.pair_chunk):
             x, y = a_rows[s:s + self.pair_chunk], b_rows[s:s + self.pair_chunk]
-            k0[s:s + len(x)], a[s:s + len(x)], b[s:s + len(x)] = pair_coeffs(x[:, 0], x[:, 1], y[:, 0], y[:, 1])
+            k0[s:s + len(x)], a[s:s + len(x)], b[s:s + len(x)] = pair_coeffs_rows(x, y)
         return self.finish(k0, a, b, c2)
 
     def finish(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None
