@@ -13,8 +13,8 @@ import torch
 
 from kernels.params import TmkParams
 from engine.index import int8
-from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix,
-                           pair_coeffs_rows
+from kernels.score import (DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix,
+                           pair_coeffs_rows)
 
 #: Relative slack on the upper bound, far above float32 round-off of the coefficients.
 BOUND_SLACK = 1e-4
