@@ -77,7 +77,7 @@ def bench_read(args) -> dict:
     from engine.features import FeatureBatch
     from engine.tmkfile import from_bytes, read_batch, read_tmk
 
-    paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)
+    paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)[:args.read or None]
     warm(paths)
     out: dict = {"files": len(paths)}
 
@@ -165,13 +165,17 @@ def bench_start(args) -> dict:
 def bench_query(args) -> dict:
     paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)
     ix = Path(args.workdir) / f"index-{args.items}-{args.store}"
+    out: dict = {"items": len(paths), "store": args.store}
     if not (ix / "DONE").exists():
+        warm(paths)
         timed([*VMATCH, "index", "create", str(ix), "--store", args.store])
-        timed([*VMATCH, "index", "add", str(ix), *map(str, paths)])
+        dt, _ = timed([*VMATCH, "index", "add", str(ix), *map(str, paths)])
+        out["whole_process_index_add_s"] = round(dt, 2)
+        out["whole_process_index_add_files_per_s"] = round(len(paths) / dt, 1)
+        log(f"index add: {dt:.1f} s")
         (ix / "DONE").write_text("")
     warm(paths)
     needle = str(paths[1])
-    out: dict = {"items": len(paths), "store": args.store}
     ts = []
     for _ in range(args.repeat):
         dt, r = timed([*VMATCH, "query", str(ix), needle, "--c1", "-1", "--c2", "-1"])
@@ -287,6 +291,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4096)
     ap.add_argument("--near-fraction", type=float, default=0.05)
     ap.add_argument("--ref-pairs", type=int, default=400)
+    ap.add_argument("--read", type=int, default=0, help="read: only the first N files of the bank")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     out = {"what": args.what, "load_avg_start": os.getloadavg()}
