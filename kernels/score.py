@@ -110,10 +110,19 @@ def needle_coeffs_lowp(n_cos: torch.Tensor, n_sin: torch.Tensor, cand: np.ndarra
     oc = np.empty((p * m, nb, 2), dtype=np.float32)
     os_ = np.empty_like(oc)
     tmp = np.empty((nb, d), np.float32)
+    if flat.dtype == np.float16:      # torch widens float16 with F16C, numpy ~5x slower (measured)
+        src, dst = torch.from_numpy(flat), torch.from_numpy(tmp)
+
+        def widen(side: int, k: int) -> None:
+            dst.copy_(src[:, side, k])
+    else:                             # int8: numpy's cast is the faster one here
+
+        def widen(side: int, k: int) -> None:
+            np.copyto(tmp, flat[:, side, k], casting="unsafe")
     for k in range(p * m):
-        np.copyto(tmp, flat[:, 0, k], casting="unsafe")
+        widen(0, k)
         np.matmul(tmp, w[k], out=oc[k])
-        np.copyto(tmp, flat[:, 1, k], casting="unsafe")
+        widen(1, k)
         np.matmul(tmp, w[k], out=os_[k])
     if scales is not None:
         sc = scales.reshape(nb, 2, p * m)
