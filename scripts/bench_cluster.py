@@ -139,12 +139,14 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also run the all-pairs algorithm (slow)")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact candidates (and the recall)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--index", help="cluster this existing index instead of building a bank")
     args = ap.parse_args()
-    root = Path(args.workdir) / f"bank-{args.items}-{args.store}"
+    root = Path(args.index) if args.index else Path(args.workdir) / f"bank-{args.items}-{args.store}"
     root.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ix = build(root, args.items, args.store, args.dup_fraction, args.seed)
-    out: dict = {"items": len(ix), "store": args.store, "build_s": round(time.perf_counter() - t0, 1),
+    ix = VideoIndex(root, device="cpu") if args.index else build(root, args.items, args.store, args.dup_fraction,
+                                                                  args.seed)
+    out: dict = {"index": str(root), "items": len(ix), "store": ix.manifest.store, "build_s": round(time.perf_counter() - t0, 1),
                  "c1": args.c1, "c2": args.c2, "torch_threads": torch.get_num_threads(),
                  "load_avg_start": os.getloadavg()}
     runs = {}
