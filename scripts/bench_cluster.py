@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/vmatch-cluster")
     ap.add_argument("--c1", type=float, default=0.7)
     ap.add_argument("--c2", type=float, default=0.7)
-    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--nprobe", type=int, default=128)
     ap.add_argument("--baseline", action="store_true", help="also run the all-pairs algorithm (slow)")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact candidates (and the recall)")
     ap.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--candidates", choices=["auto", "exact", "ivf"], default="auto",
                    help="level-1 candidate search: exact (flat, equals all pairs), ivf (approximate, "
                         "near-linear; recall in docs/index.md), auto (exact for flat indexes up to 100,000 items)")
-    c.add_argument("--nprobe", type=int, default=32, help="ivf candidates: lists probed per item (default 32)")
+    c.add_argument("--nprobe", type=int, default=128, help="ivf candidates: lists probed per item (default 128)")
     c.add_argument("--nlist", type=int, default=0, help="ivf candidates: lists (default about 4 sqrt(N))")
     c.add_argument("--summary", type=int, nargs="?", const=10, metavar="K",
                    help="jsonl: end with one {\"summary\": ...} line (the K largest clusters, default 10, and "

@@ -670,7 +670,7 @@ class VideoIndex:
 
     # ------------------------------------------------------------------------ clusters
     def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128,
-                 candidates: str = "auto", nlist: int = 0, nprobe: int = 32,
+                 candidates: str = "auto", nlist: int = 0, nprobe: int = 128,
                  progress: ProgressFn | None = None) -> list[list[str]]:
         """Groups of items linked by chains of pairs passing both levels (connected components).
 
