@@ -200,8 +200,8 @@ class BatchBuffer:
                 f = read_tmk(paths[i])
                 why = lay.params.incompatibility(f.params)
                 if why:
-                    raise TmkFormatError(paths[i], f"TMK parameters differ from {self.owner or str(paths[0]) + chr(39) + 's'} "
-                                                  f"({why})")
+                    owner = self.owner or f"{paths[0]}'s"
+                    raise TmkFormatError(paths[i], f"TMK parameters differ from {owner} ({why})")
             except TmkFormatError as e:
                 if errors is None:
                     raise
