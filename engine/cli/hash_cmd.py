@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["exact", "fast", "auto"], help="exact (bit-identical) or fast (GPU matmul)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--timeout", type=float, metavar="S", help="per-video decode time limit in seconds")
-    p.add_argument("--backend", choices=["auto", "decord", "pyav"], help="decoder (auto: decord, PyAV fallback)")
+    p.add_argument("--backend", choices=["auto", "decord", "pyav", "ffmpeg"],
+                   help="decoder (auto: per input, see docs/compatibility.md)")
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="videos hashed at once (default: one per CPU core on CPU, 1 on CUDA); each streams "
                         "in bounded chunks, so memory grows with N, not with video length")
@@ -46,13 +47,17 @@ def run(args: argparse.Namespace) -> int:
             seen[t] = v
     else:
         targets = [Path(args.output)]
+    def make_hasher() -> VideoHasher:
+        return VideoHasher(mode=args.mode or cfg.mode, device=args.device or cfg.device,
+                           chunk_frames=cfg.chunk_frames, timeout_s=args.timeout or cfg.timeout_s,
+                           backend=args.backend or cfg.backend, fast_exact_below=cfg.fast_exact_below,
+                           torch_threads=cfg.torch_threads)
+
     try:
-        hasher = VideoHasher(mode=args.mode or cfg.mode, device=args.device or cfg.device,
-                             chunk_frames=cfg.chunk_frames, timeout_s=args.timeout or cfg.timeout_s,
-                             backend=args.backend or cfg.backend, fast_exact_below=cfg.fast_exact_below,
-                             torch_threads=cfg.torch_threads)
+        hasher = make_hasher()        # checks the settings once; each job thread gets its own hasher
     except (RuntimeError, ValueError) as e:
         raise CliError(str(e), 2) from None
+    local = threading.local()
     failures, frames = 0, 0
     bar = Progress(len(args.videos), "hash", "video")
     lock = threading.Lock()
@@ -66,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     def one(video: str, target: Path) -> str | None:
         """Hash one video and write its .tmk; the one-line failure, or None."""
         try:
-            write_tmk(target, hasher.hash(video, progress=on_frames))
+            if not hasattr(local, "hasher"):
+                local.hasher = make_hasher()
+            write_tmk(target, local.hasher.hash(video, progress=on_frames))
             return None
         except DecodeError as e:
             return f"vmatch: {e}"
