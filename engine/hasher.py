@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from engine.config import HashConfig
-from engine.decode import DecodeError, VideoDecoder
+from engine.decode import DecodeError, VideoDecoder, VideoInfo
 from engine.features import TmkFeatures
 from kernels.device import resolve_device, strict_float
 from kernels.params import DEFAULT_PARAMS, TmkParams
@@ -31,6 +32,14 @@ def resolve_mode(mode: str, device: torch.device) -> str:
     if mode not in ("exact", "fast"):
         raise ValueError(f"unknown hashing mode {mode!r} (expected exact, fast or auto)")
     return mode
+
+
+@dataclass
+class HashStats:
+    """What one hash cost: frames hashed and the decoder's description of the video (``last_stats``)."""
+
+    frames: int
+    info: VideoInfo | None
 
 
 class VideoHasher:
@@ -50,6 +59,7 @@ class VideoHasher:
         self.mode = resolve_mode(mode, self.device)
         self.chunk_frames, self.timeout_s, self.backend = chunk_frames, timeout_s, backend
         self.fast_exact_below = fast_exact_below
+        self.last_stats: HashStats | None = None
 
     def hash_frames(self, chunks: Iterable[np.ndarray], name: str = "",
                     progress: ProgressFn | None = None) -> TmkFeatures:
@@ -80,6 +90,7 @@ class VideoHasher:
                           chunk_frames=self.chunk_frames, backend=self.backend,
                           timeout_s=self.timeout_s) as dec:
             feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress)
+            self.last_stats = HashStats(feats.frame_count, dec.info)
         return feats
 
 
@@ -130,4 +141,4 @@ def hash_video(path: str | os.PathLike[str], mode: str = "auto", device: str = "
     return VideoHasher(params, mode, device, timeout_s=timeout_s).hash(path)
 
 
-__all__ = ["DecodeError", "VideoHasher", "hash_video", "resolve_mode"]
+__all__ = ["DecodeError", "HashStats", "VideoHasher", "hash_video", "resolve_mode"]

@@ -79,6 +79,63 @@ def needle_coeffs(n_cos: torch.Tensor, n_sin: torch.Tensor, c_cos: torch.Tensor,
     return cc[..., 0], (cc + ss)[..., 1:], (sc - cs)[..., 1:]
 
 
+def pair_coeffs_rows(a_rows: torch.Tensor, b_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pair_coeffs` of pair k = (a_rows[k], b_rows[k]), rows [K,2,P,m,d] (cos, sin) float32.
+
+    One batched [2,d] x [d,2] product per (pair, period, coefficient) block: one transposed
+    copy of each side instead of four [K,P,m,d] temporaries of elementwise products.
+    """
+    k, _, p, m, d = a_rows.shape
+    x = a_rows.reshape(k, 2, p * m, d).transpose(1, 2).reshape(k * p * m, 2, d)
+    y = b_rows.reshape(k, 2, p * m, d).transpose(1, 2).reshape(k * p * m, 2, d)
+    g = torch.bmm(x, y.transpose(1, 2)).reshape(k, p, m, 2, 2)   # [a cos/sin, b cos/sin]
+    cc, cs, sc, ss = g[..., 0, 0], g[..., 0, 1], g[..., 1, 0], g[..., 1, 1]
+    return cc[..., 0], (cc + ss)[..., 1:], (sc - cs)[..., 1:]
+
+
+def needle_coeffs_lowp(n_cos: torch.Tensor, n_sin: torch.Tensor, cand: np.ndarray, scales: np.ndarray | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`needle_coeffs` on CPU straight from a low-precision store: cand [B,2,P,m,d] float16 or
+    int8 (then scales [B,2,P,m] float32, value = scale * q).
+
+    Each (period, coefficient) block of the candidates is widened into a small reused [B,d]
+    buffer just before its product, so whole rows are never converted (a batch of fp32 rows
+    would be 4x (int8) or 2x (fp16) the bytes read), and the int8 scale is applied to the
+    two dot products of the block afterwards (s (q . u) = (s q) . u).
+    """
+    p, m, d = n_cos.shape
+    nb = cand.shape[0]
+    w = np.ascontiguousarray(torch.stack([n_cos, n_sin], -1).reshape(p * m, d, 2).numpy())
+    flat = cand.reshape(nb, 2, p * m, d)
+    oc = np.empty((p * m, nb, 2), dtype=np.float32)
+    os_ = np.empty_like(oc)
+    tmp = np.empty((nb, d), np.float32)
+    if flat.dtype == np.float16:      # torch widens float16 with F16C, numpy ~5x slower (measured)
+        src, dst = torch.from_numpy(flat), torch.from_numpy(tmp)
+
+        def widen(side: int, k: int) -> None:
+            dst.copy_(src[:, side, k])
+    else:                             # int8: numpy's cast is the faster one here
+
+        def widen(side: int, k: int) -> None:
+            np.copyto(tmp, flat[:, side, k], casting="unsafe")
+    for k in range(p * m):
+        widen(0, k)
+        np.matmul(tmp, w[k], out=oc[k])
+        widen(1, k)
+        np.matmul(tmp, w[k], out=os_[k])
+    if scales is not None:
+        sc = scales.reshape(nb, 2, p * m)
+        oc *= sc[:, 0].T[:, :, None]
+        os_ *= sc[:, 1].T[:, :, None]
+    oc_t, os_t = torch.from_numpy(oc), torch.from_numpy(os_)
+    cc = oc_t[..., 0].T.reshape(nb, p, m)
+    sc_ = oc_t[..., 1].T.reshape(nb, p, m)
+    cs = os_t[..., 0].T.reshape(nb, p, m)
+    ss = os_t[..., 1].T.reshape(nb, p, m)
+    return cc[..., 0], (cc + ss)[..., 1:], (sc_ - cs)[..., 1:]
+
+
 def pair_coeffs_matrix(a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Tensor, b_sin: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All-pairs coefficients: a [N,P,m,d] x b [B,P,m,d] -> K0 [N,B,P], A, B [N,B,P,m-1].

@@ -1,8 +1,16 @@
-"""`vmatch` command line: one module per command group, each with `register(subparsers)`."""
+"""`vmatch` command line: one module per command group, each with `register(subparsers)`.
+
+Command modules declare their arguments at import and import their implementation (torch,
+faiss, Ray, ...) only when a command runs, so building the parser stays light and commands
+that do not compute (`--help`, `info`, `compare`, `index info` ...) start in a fraction of
+a second.  A module added to COMMAND_MODULES must keep its top-level imports light too
+(tests/engine/cli/test_startup.py checks what building the parser imports).
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -38,6 +46,21 @@ _COMMANDS = {
     "eval_cmd": ["eval"],
     "serve_cmd": ["serve"],
 }
+#: Optional packages a module's commands need; checked without importing them (find_spec).
+_NEEDS = {
+    "index_cmd": ["faiss"],
+    "query_cmd": ["faiss"],
+}
+
+
+def _missing(packages: Sequence[str]) -> str | None:
+    for name in packages:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
 
 
 #: The extra that installs a module's optional dependencies (default: cpu).
@@ -79,6 +102,10 @@ def build_parser(modules: Sequence[str] = tuple(COMMAND_MODULES)) -> argparse.Ar
             mod = importlib.import_module(f"engine.cli.{name}")
         except ModuleNotFoundError as e:
             _register_missing(sub, name, e.name or "a dependency")
+            continue
+        missing = _missing(_NEEDS.get(name, []))
+        if missing:
+            _register_missing(sub, name, missing)
             continue
         mod.register(sub)
     return parser

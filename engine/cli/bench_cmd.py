@@ -4,14 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from engine.bench import (REFERENCE_LEVEL2_PAIRS_PER_S, bench_hash, bench_score_processes, bench_score_vs_naive,
-                          find_reference_tool)
-from engine.synthetic import synthetic_batch
 from engine.cli.common import CliError
-from engine.decode import DecodeError
-from engine.tmkfile import TmkFormatError, iter_tmk_paths, read_many
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,11 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _threads(args: argparse.Namespace) -> None:
+    import torch   # here, not at import: commands that do not compute start without torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
 
 
 def run_hash(args: argparse.Namespace) -> int:
+    from engine.bench import bench_hash
+    from engine.decode import DecodeError
+
     _threads(args)
     try:
         print(json.dumps(bench_hash(args.video, args.mode, args.device, args.repeat), indent=2))
@@ -57,6 +55,11 @@ def run_hash(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from engine.bench import (REFERENCE_LEVEL2_PAIRS_PER_S, bench_score_processes, bench_score_vs_naive,
+                              find_reference_tool)
+    from engine.synthetic import synthetic_batch
+    from engine.tmkfile import TmkFormatError, iter_tmk_paths, read_many
+
     _threads(args)
     try:
         base = read_many(iter_tmk_paths(args.source)) if args.source else []

@@ -6,22 +6,25 @@ import dataclasses
 import json
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.cli.common import CliError, Progress, config_from
-from engine.config import Config, IndexConfig
-from engine.decode import DecodeError
 from engine.errors import VmatchError
-from engine.index import VideoIndex, VideoIndexError
-from engine.scoring import IncompatibleError
-from engine.tmkfile import TmkFormatError, iter_tmk_paths
-from kernels.params import TmkParams
 
-#: Defaults of the `index:` config section (typed in engine.config.IndexConfig).
-INDEX_DEFAULTS: dict[str, Any] = dataclasses.asdict(IndexConfig())
+if TYPE_CHECKING:   # the implementations (torch, faiss) are imported when a command runs
+    from engine.config import Config
+    from engine.index import VideoIndex
+    from kernels.params import TmkParams
 
 
-def index_config(cfg: Config) -> dict[str, Any]:
+def __getattr__(name: str) -> Any:
+    if name == "INDEX_DEFAULTS":  # defaults of the `index:` section, typed in engine.config.IndexConfig
+        from engine.config import IndexConfig
+        return dataclasses.asdict(IndexConfig())
+    raise AttributeError(name)
+
+
+def index_config(cfg: "Config") -> dict[str, Any]:
     """The `index:` section as a mapping (validated when the configuration was loaded)."""
     return cfg.section("index")
 
@@ -31,21 +34,21 @@ def cli_errors() -> Iterator[None]:
     """Expected failures of index work become one-line CLI errors."""
     try:
         yield
-    except (VideoIndexError, TmkFormatError, DecodeError, IncompatibleError) as e:
+    except VmatchError as e:  # every expected failure: one line, its own exit code (engine/cli/errors.py)
         raise CliError.of(e) from None
-    except VmatchError:
-        raise  # mapped by engine.cli.errors (its own exit code)
     except RuntimeError as e:  # e.g. CUDA requested without a device
         raise CliError(str(e), 2) from None
 
 
-def make_hasher(cfg: Config, params: TmkParams, device: str | None):
+def make_hasher(cfg: "Config", params: "TmkParams", device: str | None):
     """A VideoHasher configured from the `hash:` section (for videos given instead of .tmk files)."""
     from engine.hasher import VideoHasher
     return VideoHasher.from_config(cfg.hash, params, device=device)
 
 
-def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> VideoIndex:
+def open_index(args: argparse.Namespace, ic: dict[str, Any]) -> "VideoIndex":
+    from engine.index import VideoIndex
+
     return VideoIndex(args.index, device=getattr(args, "device", None) or ic["device"],
                       verify_reads=ic["verify_reads"], batch_rows=ic["batch_rows"])
 
@@ -59,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("index", metavar="INDEX")
     c.add_argument("--shards", type=int, help="number of shards (fixed at creation)")
     c.add_argument("--coarse", choices=["flat", "ivf"], help="level-1 index: flat (exact) or ivf (IVF-Flat)")
-    c.add_argument("--store", choices=["fp32", "fp16"], help="level-2 feature precision on disk")
+    c.add_argument("--store", choices=["fp32", "fp16", "int8"],
+                   help="level-2 feature precision on disk (int8: 66 KB per hash, error bound in docs/index.md)")
     c.add_argument("--nlist", type=int, help="ivf: inverted lists (0: about 4*sqrt(N) of the first add)")
     c.add_argument("--nprobe", type=int, help="ivf: lists probed per query")
     c.set_defaults(func=run_create)
@@ -89,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     cfg = config_from(args)
     ic = index_config(cfg)
     with cli_errors():
@@ -100,6 +105,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
+    from engine.tmkfile import iter_tmk_paths
+
     cfg = config_from(args)
     ic = index_config(cfg)
     if bool(args.paths) == bool(args.signals):
@@ -125,6 +133,8 @@ def run_add(args: argparse.Namespace) -> int:
 def _add_signals(args: argparse.Namespace, ic: dict[str, Any]) -> int:
     if not Path(args.signals).is_file():
         raise CliError(f"{args.signals}: {'is a directory' if Path(args.signals).is_dir() else 'no such file'}")
+    from engine.index import VideoIndex
+
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         bar = Progress(None, "index add", "signal")
@@ -137,6 +147,7 @@ def _add_signals(args: argparse.Namespace, ic: dict[str, Any]) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         n = ix.remove(args.ids)
@@ -145,6 +156,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_compact(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         n = ix.compact()
@@ -153,12 +165,18 @@ def run_compact(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.index.manifest import describe, read_manifest   # the manifest only: no torch, no faiss
+
     with cli_errors():
-        print(json.dumps(VideoIndex(args.index, device="cpu").info(), indent=1))
+        root = Path(args.index)
+        print(json.dumps(describe(root, read_manifest(root)), indent=1))
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from engine.index import VideoIndex
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         ix.verify()

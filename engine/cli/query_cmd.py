@@ -5,12 +5,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.cli.common import config_from
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
-from engine.config import Config
-from engine.index.needles import load_needles
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("index", metavar="INDEX")
     _thresholds(c)
     c.add_argument("--min-size", type=int, default=2, help="smallest cluster printed (default 2)")
+    c.add_argument("--candidates", choices=["auto", "exact", "ivf"], default="auto",
+                   help="level-1 candidate search: exact (flat, equals all pairs), ivf (approximate, "
+                        "near-linear; recall in docs/index.md), auto (exact for flat indexes up to 100,000 items)")
+    c.add_argument("--nprobe", type=int, default=128, help="ivf candidates: lists probed per item (default 128)")
+    c.add_argument("--nlist", type=int, default=0, help="ivf candidates: lists (default about 4 sqrt(N))")
+    c.add_argument("--summary", type=int, nargs="?", const=10, metavar="K",
+                   help="jsonl: end with one {\"summary\": ...} line (the K largest clusters, default 10, and "
+                        "the share of items they hold); a one-line summary always goes to stderr")
     c.set_defaults(func=run_cluster)
 
 
@@ -59,13 +68,15 @@ def _thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
-def _settings(args: argparse.Namespace) -> tuple[Config, dict[str, Any], float, float]:
+def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float, float]:
     cfg = config_from(args)
     ic = index_config(cfg)
     return cfg, ic, ic["c1"] if args.c1 is None else args.c1, ic["c2"] if args.c2 is None else args.c2
 
 
 def run_query(args: argparse.Namespace) -> int:
+    from engine.index.needles import load_needles
+
     cfg, ic, c1, c2 = _settings(args)
     with cli_errors():
         ix = open_index(args, ic)
@@ -93,13 +104,39 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
+    import time
+
     _, ic, c1, c2 = _settings(args)
+    t0 = time.perf_counter()
     with cli_errors():
-        groups = open_index(args, ic).clusters(c1, c2, args.min_size, ic["cluster_batch"])
+        ix = open_index(args, ic)
+        groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,
+                             nlist=args.nlist, nprobe=args.nprobe)
+        items = len(ix)
     out = sys.stdout
     for cid, members in enumerate(groups):
         if args.format == "tsv":
             out.writelines(f"{cid}\t{len(members)}\t{m}\n" for m in members)
         else:
             out.write(json.dumps({"cluster": cid, "size": len(members), "ids": members}) + "\n")
+    summary = cluster_summary(groups, items, args.summary or 10)
+    st = ix.last_cluster_stats
+    summary.update({"candidates": st.candidates, "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs,
+                    "seconds": round(time.perf_counter() - t0, 3)})
+    if args.format == "jsonl" and args.summary is not None:
+        out.write(json.dumps({"summary": summary}) + "\n")
+    top = summary["largest"]
+    print(f"vmatch: {items} items, {len(groups)} clusters of >= {args.min_size} holding "
+          f"{summary['items_in_clusters']} items; the {len(top)} largest hold {summary['largest_share']:.1%} of all "
+          f"items ({st.candidates} candidates: {st.level1_pairs} level-1 pairs, {st.level2_pairs} scored at level-2)",
+          file=sys.stderr)
     return 0
+
+
+def cluster_summary(groups: list[list[str]], items: int, k: int = 10) -> dict[str, Any]:
+    """The K largest clusters (id, size, share of all items) and the share of items they hold."""
+    top = [{"cluster": i, "size": len(g), "share": round(len(g) / items, 6) if items else 0.0}
+           for i, g in enumerate(groups[:k])]
+    held = sum(t["size"] for t in top)
+    return {"items": items, "clusters": len(groups), "items_in_clusters": sum(len(g) for g in groups),
+            "largest": top, "largest_share": round(held / items, 6) if items else 0.0}

@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.common import CliError, config_from
-from engine.errors import check_compatible
-from engine.scoring import IncompatibleError, Scorer
-from engine.tmkfile import FeatureBatch, TmkFormatError, read_many
+from engine.cli.common import CliError, config_from, fail
+from engine.cli.errors import exit_code_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,36 +22,52 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.scoring import IncompatibleError, Scorer
+    from engine.tmkfile import TmkFormatError, iter_batches, read_batch, read_tmk
+
     cfg = config_from(args).score
     c1 = cfg.c1 if args.c1 is None else args.c1
     c2 = cfg.c2 if args.c2 is None else args.c2
-    names = ([args.needle] if args.needle else []) + list(args.files)
+    out = sys.stdout
     try:
-        feats = read_many(names)
-    except TmkFormatError as e:
-        raise CliError.of(e) from None
-    for name, f in zip(names[1:], feats[1:]):  # name the file, not only its stem
-        check_compatible(feats[0].params, f.params, name, f"{names[0]}'s")
-    try:
-        scorer = Scorer.from_config(cfg, feats[0].params, args.device)
-        out = sys.stdout
         if args.needle:
-            needle, hay = feats[0], feats[1:]
-            res = scorer.one_to_many(needle, FeatureBatch.stack(hay), c1)
-            for name, l1, l2 in zip(args.files, res.level1, res.level2):
-                if l1 >= c1 and l2 >= c2:
-                    out.write(_line(l1, l2, args.needle, name))
+            # the files stream through one reused buffer: memory stays bounded however many there are
+            # a bad file is reported on stderr and skipped; the exit status says some failed
+            needle = read_tmk(args.needle)
+            scorer = Scorer.from_config(cfg, needle.params, args.device)
+            errors: list = []
+            for s, hay in _enumerate_batches(iter_batches(args.files, 512, params=needle.params, owner="the needle's",
+                                                          errors=errors), 512):
+                bad = {i - s for i, _ in errors if i >= s}
+                res = scorer.one_to_many(needle, hay, c1)
+                for k, (name, l1, l2) in enumerate(zip(args.files[s:s + len(hay)], res.level1, res.level2)):
+                    if l1 >= c1 and l2 >= c2 and k not in bad:
+                        out.write(_line(l1, l2, args.needle, name))
+            for _, e in errors:
+                fail(str(e))
+            if errors:  # exit 2 when a file's TMK parameters differ (incompatible input), else 1
+                raise CliError(f"{len(errors)} of {len(args.files)} files could not be read",
+                               max(exit_code_of(e) for _, e in errors))
             return 0
+        names = list(args.files)
         order = sorted(range(len(names)), key=lambda i: names[i])
-        bank = FeatureBatch.stack([feats[i] for i in order])  # stacked once; each row scores the views after it
+        bank = read_batch([names[i] for i in order])  # stacked once; each row scores the views after it
+        scorer = Scorer.from_config(cfg, bank.params, args.device)
         for pos, i in enumerate(order[:-1]):
-            res = scorer.one_to_many(feats[i], bank.view(pos + 1), c1)
+            res = scorer.one_to_many(bank[pos], bank.view(pos + 1), c1)
             for j, l1, l2 in zip(order[pos + 1:], res.level1, res.level2):
                 if l1 >= c1 and l2 >= c2:
                     out.write(_line(l1, l2, names[i], names[j]))
+    except TmkFormatError as e:  # IncompatibleError included: exit 2 (engine/cli/errors.py)
+        raise CliError.of(e) from None
     except IncompatibleError as e:
         raise CliError.of(e) from None
     return 0
+
+
+def _enumerate_batches(batches, size: int):
+    for k, b in enumerate(batches):
+        yield k * size, b
 
 
 def _line(l1: float, l2: float, a: str, b: str) -> str:

@@ -6,10 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engine.cli.common import CliError, config_from
-from engine.config import CONFIG_DIR
 
 # The optional dependencies (the `serve` extra, and faiss for the index), checked without importing
 # them: every vmatch command imports this module, and FastAPI + uvicorn cost ~0.5 s to import.
@@ -42,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def serve_settings(path: str | None) -> dict[str, Any]:
+    import yaml   # here, not at import: building the parser stays free of yaml and numpy
+
+    from engine.config import CONFIG_DIR
     from engine.serve.server import SERVE_DEFAULTS
     f = Path(path) if path else CONFIG_DIR / "serve.yaml"
     data: dict[str, Any] = {}

@@ -5,10 +5,7 @@ import argparse
 import hashlib
 import json
 
-import numpy as np
-
 from engine.cli.common import CliError
-from engine.tmkfile import TmkFormatError, read_tmk, to_bytes
 
 REL_TOL = 1e-6
 
@@ -26,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read(path: str):
+    from engine.tmkfile import TmkFormatError, read_tmk
+
     try:
         return read_tmk(path)
     except TmkFormatError as e:
@@ -33,6 +32,8 @@ def _read(path: str):
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
     a, b = _read(args.a), _read(args.b)
     why = a.params.incompatibility(b.params)
     diffs: list[str] = []
@@ -58,6 +59,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine.tmkfile import to_bytes
+
     f = _read(args.file)
     p = f.params
     data = to_bytes(f)  # a validated file re-serialises to exactly its bytes: no second read

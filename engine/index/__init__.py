@@ -1,10 +1,32 @@
-"""Persistent sharded index of TMK signatures: faiss level-1, batched level-2, duplicate clusters."""
-from engine.index.cluster import connected_components
-from engine.index.index import Match, QueryStats, VideoIndex, shard_of
-from engine.index.manifest import (FORMAT_VERSION, IndexCorruptError, IndexFormatError, IndexLockedError,
-                                   VideoIndexError)
-from engine.index.snapshot import IndexSnapshot, IndexWriter
+"""Persistent sharded index of TMK signatures: faiss level-1, batched level-2, duplicate clusters.
 
-__all__ = ["VideoIndex", "Match", "QueryStats", "shard_of", "connected_components", "FORMAT_VERSION",
-           "VideoIndexError", "IndexCorruptError", "IndexFormatError", "IndexLockedError",
-           "IndexSnapshot", "IndexWriter"]
+Names are resolved lazily, so importing `engine.index.manifest` (e.g. for `vmatch index info`)
+does not import torch or faiss.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "VideoIndex": "engine.index.index",
+    "Match": "engine.index.index",
+    "QueryStats": "engine.index.index",
+    "shard_of": "engine.index.index",
+    "connected_components": "engine.index.cluster",
+    "FORMAT_VERSION": "engine.index.manifest",
+    "VideoIndexError": "engine.index.manifest",
+    "IndexCorruptError": "engine.index.manifest",
+    "IndexFormatError": "engine.index.manifest",
+    "IndexLockedError": "engine.index.manifest",
+    "IndexSnapshot": "engine.index.snapshot",
+    "IndexWriter": "engine.index.snapshot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'engine.index' has no attribute {name!r}")

@@ -30,10 +30,10 @@ from engine.errors import InputError, VmatchError, check_compatible, storage_err
 from engine.features import TmkFeatures
 from engine.inputs import id_problem
 from engine.index import coarse as coarse_mod
-from engine.index.cluster import connected_components
+from engine.index.cluster import ClusterStats, cluster_pairs
 from engine.index.level2 import PairScorer
 from engine.index.manifest import (COARSE_KINDS, MANIFEST_NAME, STORE_KINDS, FileRef, IndexCorruptError, IndexLockedError,
-                                   IndexFormatError, Manifest,
+                                   IndexFormatError, Manifest, describe,
                                    read_manifest, write_manifest)
 from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepare, read_checked, unit_average,
                                   write_small_file)
@@ -43,6 +43,8 @@ from kernels.params import DEFAULT_PARAMS, TmkParams
 from kernels.score import level1
 
 LOCK_NAME = "LOCK"
+#: Largest flat index whose clusters use the exact (all-pairs, in BLAS) candidate search by default.
+EXACT_CLUSTER_LIMIT = 100_000
 from engine.progress import ProgressFn  # noqa: E402  (one progress type: engine.progress)
 
 
@@ -222,6 +224,7 @@ class VideoIndex:
         #: How long files replaced by `compact` stay for readers of older manifests.
         self.retire_after_s = 3600.0
         self.last_stats = QueryStats()
+        self.last_cluster_stats = ClusterStats()
 
     # ----------------------------------------------------------------- creation and state
     @classmethod
@@ -261,6 +264,7 @@ class VideoIndex:
         self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
         self._where, self._memory, self._where_shared = None, True, False
         self.last_stats = QueryStats()
+        self.last_cluster_stats = ClusterStats()
         return self
 
     def reload(self) -> None:
@@ -387,7 +391,7 @@ class VideoIndex:
             si, r = where[item_id]
             sh = shards[si]
             row = sh.rows(np.array([r], dtype=np.int64))
-            row = (row.float().cpu().numpy() if isinstance(row, torch.Tensor) else np.asarray(row, np.float32))[0]
+            row = self._scorer.rows_to_device(row).cpu().numpy()[0]
             frames = 0
             if isinstance(sh, _Shard):
                 seg, local = sh.locate(r)
@@ -398,17 +402,7 @@ class VideoIndex:
         return out
 
     def info(self) -> dict[str, object]:
-        m = self.manifest
-        size = sum(f.size for f in m.all_files()) + (self.root / MANIFEST_NAME).stat().st_size
-        return {"path": str(self.root), "format_version": m.format_version, "count": m.count,
-                "shards": m.shards, "coarse": m.coarse, "store": m.store, "generation": m.generation,
-                "segments": sum(len(s) for s in m.segments),
-                "shard_counts": [sum(s.live for s in sh) for sh in m.segments],
-                "deleted": sum(len(s.deleted) for sh in m.segments for s in sh),
-                "retired_files": sum(len(files) for _, files in m.retired),
-                "ivf": {"nlist": m.ivf_nlist, "nprobe": m.ivf_nprobe, "trained": m.ivf_trained is not None},
-                "bytes": size, "bytes_per_item": round(size / m.count) if m.count else None,
-                "params": {"periods": list(self.params.periods), "fps": self.params.fps, "dim": self.params.dim}}
+        return describe(self.root, self.manifest)
 
     def verify(self) -> None:
         """Check every file and every store row against the manifest's checksums."""
@@ -501,6 +495,8 @@ class VideoIndex:
             with one_video_at_a_time:
                 return h.hash(p)  # type: ignore[attr-defined]
 
+        if paths and all(p.suffix.lower() == ".tmk" for p in paths):
+            return self._add_tmk_files(paths, progress)
         for p in paths:
             if p.suffix.lower() == ".tmk":
                 jobs.append(lambda p=p: read_tmk(p))
@@ -510,6 +506,47 @@ class VideoIndex:
                     hasher = VideoHasher(self.params)
                 jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
+
+    def _add_tmk_files(self, paths: Sequence[Path], progress: ProgressFn | None, chunk: int = 256) -> int:
+        """Add `.tmk` files: each chunk is read straight into one of two reused buffers and
+        prepared (checksums) in a loader thread while the previous chunk is written."""
+        from engine.tmkfile import BatchBuffer
+
+        ids, sources = [p.stem for p in paths], [str(p) for p in paths]
+        with self._writing() as m:
+            self._check_new_ids(ids, sources, set(self._locations()))
+            name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
+            writers: dict[int, SegmentWriter] = {}
+            store = m.store
+            bufs = [BatchBuffer(self.params, min(chunk, len(paths)), "the index's") for _ in range(2)]
+            nchunks = -(-len(paths) // chunk)
+
+            def load(k: int) -> list[Prepared]:
+                lo = k * chunk
+                b = bufs[k % 2].fill(paths[lo:lo + chunk], workers=1)
+                return [prepare(b[i], ids[lo + i], sources[lo + i], store) for i in range(len(b))]
+
+            try:
+                with ThreadPoolExecutor(max_workers=1) as ex:
+                    ahead = ex.submit(load, 0)
+                    for k in range(nchunks):
+                        batch = ahead.result()
+                        if k + 1 < nchunks:     # buffer (k+1) % 2 is free: chunk k-1 is written
+                            ahead = ex.submit(load, k + 1)
+                        for it in batch:
+                            sid = shard_of(it.id, m.shards)
+                            if sid not in writers:
+                                writers[sid] = SegmentWriter(self.root, sid, name)
+                            writers[sid].append([it])
+                        if progress:
+                            progress(len(batch))
+                self._finish_add(m, writers)
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                self._remove_orphans(m)
+                raise
+        return len(ids)
 
     def add_signal_list(self, path: str | os.PathLike[str], progress: ProgressFn | None = None,
                         workers: int = 8) -> int:
@@ -727,11 +764,14 @@ class VideoIndex:
         p = self.params
         shape = (min(self.batch_rows, len(uniq)), 2, p.num_periods, p.num_coeffs, p.dim)
         bufs = [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in range(self.prefetch + 1)] \
-            if self.manifest.store == "fp16" else [None] * (self.prefetch + 1)
+            if self.manifest.store != "fp32" else [None] * (self.prefetch + 1)
+        # CPU from fp16/int8: score the rows as read, widening one block at a time (never whole rows)
+        raw = self.device.type == "cpu" and self.manifest.store != "fp32" and not self._memory
 
-        def fetch(b: int) -> torch.Tensor:
+        def fetch(b: int) -> torch.Tensor | np.ndarray:
             lo, hi = bounds[b], bounds[b + 1]
-            return self._scorer.rows_to_device(shards[ush[lo]].rows(urow[lo:hi]), bufs[b % len(bufs)])
+            rows = shards[ush[lo]].rows(urow[lo:hi])
+            return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
 
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
@@ -747,7 +787,8 @@ class VideoIndex:
                 if b + self.prefetch < len(firsts):
                     ahead.append(ex.submit(fetch, b + self.prefetch))
                 pos = order[starts[b]:starts[b + 1]]
-                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
+                score = self._scorer.score_raw if raw else self._scorer.score
+                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs
 
     @contextmanager
@@ -786,42 +827,95 @@ class VideoIndex:
         return out
 
     # ------------------------------------------------------------------------ clusters
-    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2,
-                 batch: int = 128) -> list[list[str]]:
+    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128,
+                 candidates: str = "auto", nlist: int = 0, nprobe: int = 128,
+                 progress: ProgressFn | None = None) -> list[list[str]]:
         """Groups of items linked by chains of pairs passing both levels (connected components).
 
-        Each unordered pair is scored once, the smaller id first (like tmk-two-level-score).
-        Clusters are ordered by size (largest first) then smallest id; members by id.
-        Needles are taken in storage order, so each batch is one run of one segment's rows.
+        Level-1 candidates come from one faiss range search per item over all level-1 vectors:
+        ``candidates="exact"`` (flat: the components equal the all-pairs brute force) or
+        ``"ivf"`` (IVF-Flat with `nlist` lists, `nprobe` probed: near-linear time, recall
+        measured in docs/index.md); ``"auto"``: exact for a flat index of at most
+        EXACT_CLUSTER_LIMIT items, else ivf.  Level-2 is scored (the smaller id as needle, like
+        tmk-two-level-score) only for pairs that would join two components
+        (engine/index/cluster.py), `batch` pairs at a time.  Clusters are ordered by size
+        (largest first) then smallest id; members by id.  `last_cluster_stats` says what ran.
         """
         names = sorted(self._locations())
-        rank = {n: i for i, n in enumerate(names)}
-        shards = self._state()
-        shard_rank = [np.array([rank.get(i, -1) for i in sh.ids], dtype=np.int64) for sh in shards]
-        edges: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
-        for sh, ranks in zip(shards, shard_rank):
-            live = sh.live_rows()
-            seg_of = np.searchsorted(sh.first, live, side="right")
-            for seg in np.unique(seg_of):
-                rows_in_seg = live[seg_of == seg]
-                for s in range(0, len(rows_in_seg), batch):
-                    rows = rows_in_seg[s:s + batch]
-                    feats = self._scorer.rows_to_device(sh.rows(rows))
-                    nd = _Needles([sh.ids[r] for r in rows], sh.l1[rows], feats[:, 0], feats[:, 1])
-                    edges.append(self._edges_from(nd, ranks[rows], shard_rank, c1, c2))
-        comps = connected_components(len(names), np.concatenate(edges))
-        return [[names[i] for i in c] for c in comps if len(c) >= min_size]
+        where, shards = self._locations(), self._state()
+        n, d = len(names), self.params.dim
+        loc = np.array([where[i] for i in names], dtype=np.int64).reshape(-1, 2)
+        shard_of, row_of = loc[:, 0], loc[:, 1]
+        vecs = np.empty((n, d), np.float32)
+        for si, sh in enumerate(shards):
+            on = shard_of == si
+            vecs[on] = sh.l1[row_of[on]]
+        if candidates == "auto":
+            candidates = "exact" if self.manifest.coarse == "flat" and n <= EXACT_CLUSTER_LIMIT else "ivf"
+        if candidates not in ("exact", "ivf"):
+            raise ValueError(f"unknown candidate search {candidates!r} (expected auto, exact or ivf)")
 
-    def _edges_from(self, nd: _Needles, needle_rank: np.ndarray, shard_rank: list[np.ndarray], c1: float,
-                    c2: float) -> np.ndarray:
-        """[E,2] id ranks of the pairs passing both levels, each scored from its smaller id."""
-        pairs = self._level1(nd, c1)
-        cand_rank = np.full(len(pairs.row), -1, np.int64)
-        for si, ranks in enumerate(shard_rank):
-            on = pairs.shard == si
-            cand_rank[on] = ranks[pairs.row[on]]
-        keep = cand_rank > needle_rank[pairs.needle]
-        pairs, cand_rank = pairs.take(keep), cand_rank[keep]
-        l2, _ = self._level2(nd, pairs, c2)
-        ok = l2 >= c2
-        return np.stack([needle_rank[pairs.needle[ok]], cand_rank[ok]], 1)
+        def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            out = np.empty(len(a), np.float32)
+            for s in range(0, len(a), 1 << 16):
+                out[s:s + (1 << 16)] = level1(torch.from_numpy(vecs[a[s:s + (1 << 16)]]),
+                                              torch.from_numpy(vecs[b[s:s + (1 << 16)]])).numpy()
+            return out
+
+        def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return self._pairs_pass(shard_of, row_of, a, b, c2, max(batch, 256))
+
+        try:
+            uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
+                                                        progress=progress)
+        finally:
+            self.__dict__.pop("_fetch_bufs", None)
+        return [[names[i] for i in c] for c in uf.components() if len(c) >= min_size]
+
+    def _fetch_ranks(self, shard_of: np.ndarray, row_of: np.ndarray, ranks: np.ndarray, slot: int = 0
+                     ) -> torch.Tensor:
+        """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order.
+
+        Rows are gathered as stored (66 KB each for int8) into one buffer, then widened once into
+        a second; both are reused across batches (`slot`), since fresh memory per batch costs a
+        page fault per 4 KB, more than the copy itself."""
+        shards = self._state()
+        bufs = self.__dict__.setdefault("_fetch_bufs", {})
+        raw = bufs.get(("raw", slot))
+        first = shards[int(shard_of[ranks[0]])] if len(ranks) else None
+        if isinstance(first, _MemoryShard) or not len(ranks):
+            p = self.params
+            out = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim), device=self.device)
+            for si in np.unique(shard_of[ranks]):
+                sel = np.nonzero(shard_of[ranks] == si)[0]
+                out[torch.from_numpy(sel).to(self.device)] = self._scorer.rows_to_device(
+                    shards[si].rows(row_of[ranks[sel]]))
+            return out
+        reader = first.readers[0]
+        if raw is None or raw.shape[0] < len(ranks):
+            raw = bufs[("raw", slot)] = np.empty((len(ranks), *reader.row_shape), reader.store.dtype)
+        raw = raw[:len(ranks)]
+        for si in np.unique(shard_of[ranks]):
+            sel = np.nonzero(shard_of[ranks] == si)[0]
+            r = row_of[ranks[sel]]
+            ur, inv = np.unique(r, return_inverse=True)       # each row read (and checked) once
+            raw[sel] = shards[si].rows(ur)[inv.reshape(-1)]
+        if raw.dtype == np.float32:
+            return torch.from_numpy(raw).to(self.device)
+        wide = bufs.get(("wide", slot))
+        if wide is None or wide.shape[0] < len(ranks):
+            p = self.params
+            wide = bufs[("wide", slot)] = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim),
+                                                      device=self.device)
+        return self._scorer.rows_to_device(raw, wide)
+
+    def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
+                    chunk: int) -> np.ndarray:
+        """Whether level-2 (needle a[k], candidate b[k]) >= c2, `chunk` pairs at a time."""
+        ok = np.zeros(len(a), bool)
+        for s in range(0, len(a), chunk):
+            sl = slice(s, s + chunk)
+            sc, _ = self._scorer.score_pairs(self._fetch_ranks(shard_of, row_of, a[sl], 0),
+                                             self._fetch_ranks(shard_of, row_of, b[sl], 1), c2)
+            ok[sl] = sc >= c2
+        return ok

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from kernels.params import TmkParams
-from kernels.score import DEFAULT_GRID, TmkScorer, needle_coeffs, pair_coeffs, pair_coeffs_matrix
+from engine.index import int8
+from kernels.score import (DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix,
+                           pair_coeffs_rows)
 
 from kernels.score import BOUND_SLACK  # noqa: E402,F401  (the bound lives with the kernel)
 #: Largest level-2 change from storing one side in float16: each stored value carries a relative
@@ -43,6 +45,15 @@ class PairScorer:
         ``out``: a reusable float32 buffer of at least B rows on the device for widening float16;
         fresh memory costs a page fault per 4 KB, five times the conversion itself on CPU.
         """
+        if isinstance(rows, np.ndarray) and rows.dtype == np.uint8:     # int8 records
+            p = self.params
+            shape = (2, p.num_periods, p.num_coeffs, p.dim)
+            if self.device.type == "cpu":
+                dst = out[:len(rows)].numpy() if out is not None else None
+                return torch.from_numpy(int8.dequantize(rows, shape, dst))
+            q, sc = int8.split(rows, shape)
+            t = torch.from_numpy(np.ascontiguousarray(q)).to(self.device).to(torch.float32)
+            return t.mul_(torch.from_numpy(sc).to(self.device).unsqueeze(-1))
         t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)
         if t.dtype == torch.float32 or out is None:
             return t.to(self.device).to(torch.float32)
@@ -98,8 +109,52 @@ class PairScorer:
         against row ``pair_slot[k]``.
         """
         k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
-        l2 = np.full(len(pair_needle), np.nan, dtype=np.float32)
-        offs = np.full((len(pair_needle), self.params.num_periods), -1, dtype=np.int64)
+        return self.finish(k0, a, b, c2)
+
+    def score_raw(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
+                  raw: np.ndarray, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`score` on CPU from store rows as read (float16 [B,2,P,m,d] or int8 records), never
+        widening whole rows (kernels.score.needle_coeffs_lowp)."""
+        p = self.params
+        shape = (2, p.num_periods, p.num_coeffs, p.dim)
+        q, scales = int8.split(raw, shape) if raw.dtype == np.uint8 else (raw, None)
+        k = len(pair_needle)
+        k0 = torch.empty((k, p.num_periods))
+        a = torch.empty((k, p.num_periods, p.num_coeffs - 1))
+        b = torch.empty_like(a)
+        uniq = np.unique(pair_needle)
+        order = np.argsort(pair_needle, kind="stable")
+        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
+        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+            pos = order[s:e]
+            slots = pair_slot[pos]
+            every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
+            qq = q if every else q[slots]
+            ss = None if scales is None else (scales if every else scales[slots])
+            pt = torch.from_numpy(pos)
+            k0[pt], a[pt], b[pt] = needle_coeffs_lowp(n_cos[u], n_sin[u], qq, ss)
+        return self.finish(k0, a, b, c2)
+
+    def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 of pair k = (needle a_rows[k], candidate b_rows[k]), both [K,2,P,m,d] float32 (as
+        `rows_to_device`): one broadcast product per chunk, for pairs that share few rows (clusters)."""
+        k = len(a_rows)
+        p, m = self.params.num_periods, self.params.num_coeffs
+        k0 = torch.empty((k, p), device=self.device)
+        a = torch.empty((k, p, m - 1), device=self.device)
+        b = torch.empty_like(a)
+        for s in range(0, k, self.pair_chunk):
+            x, y = a_rows[s:s + self.pair_chunk], b_rows[s:s + self.pair_chunk]
+            k0[s:s + len(x)], a[s:s + len(x)], b[s:s + len(x)] = pair_coeffs_rows(x, y)
+        return self.finish(k0, a, b, c2)
+
+    def finish(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 [K] and offsets [K,P] from pair coefficients, skipping pairs the bound rules out."""
+        n = k0.shape[0]
+        l2 = np.full(n, np.nan, dtype=np.float32)
+        offs = np.full((n, self.params.num_periods), -1, dtype=np.int64)
         todo, sc, off = self.kernel.level2_pruned(k0, a, b, c2)  # the one core (kernels/score.py)
         if len(todo):
             idx = todo.cpu().numpy()

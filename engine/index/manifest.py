@@ -21,7 +21,7 @@ MANIFEST_NAME = "MANIFEST.json"
 FORMAT_NAME = "vmatch-index"
 FORMAT_VERSION = 1
 COARSE_KINDS = ("flat", "ivf")
-STORE_KINDS = ("fp32", "fp16")
+STORE_KINDS = ("fp32", "fp16", "int8")
 
 
 class VideoIndexError(VmatchError):
@@ -184,3 +184,18 @@ def read_manifest(root: Path) -> Manifest:
                         retired=[(r["time"], [FileRef(**f) for f in r["files"]]) for r in body.get("retired", [])])
     except (KeyError, TypeError, ValueError) as e:
         raise IndexCorruptError(path, f"corrupt manifest (bad field: {e})") from None
+
+
+def describe(root: Path, m: Manifest) -> dict[str, object]:
+    """The summary `vmatch index info` prints (needs only the manifest: no torch, no faiss)."""
+    size = sum(f.size for f in m.all_files()) + (root / MANIFEST_NAME).stat().st_size
+    params = m.params
+    return {"path": str(root), "format_version": m.format_version, "count": m.count,
+            "shards": m.shards, "coarse": m.coarse, "store": m.store, "generation": m.generation,
+            "segments": sum(len(s) for s in m.segments),
+            "shard_counts": [sum(s.live for s in sh) for sh in m.segments],
+            "deleted": sum(len(s.deleted) for sh in m.segments for s in sh),
+            "retired_files": sum(len(files) for _, files in m.retired),
+            "ivf": {"nlist": m.ivf_nlist, "nprobe": m.ivf_nprobe, "trained": m.ivf_trained is not None},
+            "bytes": size, "bytes_per_item": round(size / m.count) if m.count else None,
+            "params": {"periods": list(params.periods), "fps": params.fps, "dim": params.dim}}

@@ -3,7 +3,8 @@
 * ``<name>.l1``    float32 [n, d]: L2-normalised pure averages (the level-1 vectors; a flat
   coarse index is exactly this matrix, so no second copy is written);
 * ``<name>.store`` float32 or float16 [n, 2, P, m, d]: cos then sin features, memory-mapped
-  by readers and read in bounded batches for level-2;
+  by readers and read in bounded batches for level-2; or, for the int8 store, one record of
+  int8 features and float32 per-vector scales per row (engine/index/int8.py, 66,560 bytes);
 * ``<name>.ids.json`` the id table (id, source, frame count, content hash, time added) and
   a 64-bit checksum of every store row (`row_checksum`), so a corrupt row is caught when it
   is read, without checksumming gigabytes at open;
@@ -24,17 +25,24 @@ import numpy as np
 import torch
 
 from engine.features import TmkFeatures
+from engine.index import int8
 from engine.index.manifest import FileRef, IndexCorruptError, Segment, fsync_dir
 from kernels.params import TmkParams
 
-STORE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+STORE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.uint8}
+
+
+def stored_row_shape(store: str, params: TmkParams) -> tuple[int, ...]:
+    """Shape of one stored row: [2, P, m, d] values, or [record bytes] for int8."""
+    shape = (2, params.num_periods, params.num_coeffs, params.dim)
+    return (int8.record_bytes(shape),) if store == "int8" else shape
 
 
 def unit_average(avg: np.ndarray) -> np.ndarray:
     """The pure average L2-normalised in binary32, as the reference tmk-query does on load."""
     a = np.asarray(avg, dtype=np.float32)
     n = np.float32(np.sqrt(np.dot(a.astype(np.float64), a.astype(np.float64))))
-    return a if n == 0 else (a / n).astype(np.float32)
+    return a.copy() if n == 0 else (a / n).astype(np.float32)   # never a view of the caller's buffer
 
 
 #: 64-bit words per block of the row checksum (4 KB).
@@ -42,9 +50,15 @@ _BLOCK_WORDS = 512
 
 
 def block_sums(rows: np.ndarray) -> np.ndarray:
-    """Wrapping (mod 2^64) sums of the 64-bit words of each 4 KB block of each row: [n, blocks]."""
+    """Wrapping (mod 2^64) sums of the 64-bit words of each 4 KB block of each row: [n, blocks]
+    (a shorter last block when a row is not a whole number of blocks, as int8 records)."""
     n = rows.shape[0]
-    return rows.reshape(n, -1).view(np.uint64).reshape(n, -1, _BLOCK_WORDS).sum(axis=2, dtype=np.uint64)
+    words = rows.reshape(n, -1).view(np.uint64)
+    full = words.shape[1] - words.shape[1] % _BLOCK_WORDS
+    sums = words[:, :full].reshape(n, -1, _BLOCK_WORDS).sum(axis=2, dtype=np.uint64)
+    if full == words.shape[1]:
+        return sums
+    return np.concatenate([sums, words[:, full:].sum(axis=1, dtype=np.uint64, keepdims=True)], axis=1)
 
 
 def _digest(sums: np.ndarray) -> int:
@@ -52,7 +66,7 @@ def _digest(sums: np.ndarray) -> int:
 
 
 def row_checksum(*parts: np.ndarray) -> int:
-    """64-bit checksum of a stored row given as consecutive parts (each a multiple of 4 KB).
+    """64-bit checksum of a stored row given as consecutive parts (each a multiple of 4 KB, or one part).
 
     blake2b-64 of the per-block word sums: any change confined to one 4 KB block is caught unless
     it keeps that block's word sum mod 2^64 (e.g. two words of one block swapped), and block
@@ -86,6 +100,9 @@ def prepare(f: TmkFeatures, item_id: str, source: str, store: str) -> Prepared:
     if store == "fp32":
         row: tuple[np.ndarray, ...] = (f.cos, f.sin)
         row_sum = full
+    elif store == "int8":
+        row = (int8.quantize(np.stack([f.cos, f.sin])),)
+        row_sum = row_checksum(row[0])
     else:  # torch's float16 conversion is vectorised (about 10x numpy's) and releases the GIL
         half = torch.empty((2, *f.cos.shape), dtype=torch.float16)
         half[0].copy_(torch.from_numpy(f.cos))
@@ -184,7 +201,7 @@ class SegmentReader:
             self.row_sum: list[int] = cols["row_sum64"]
         except (KeyError, TypeError) as e:
             raise IndexCorruptError(root / seg.ids.name, f"corrupt id table (missing column {e})") from None
-        self.row_shape = (2, params.num_periods, params.num_coeffs, params.dim)
+        self.row_shape = stored_row_shape(store, params)
         dtype = np.dtype(STORE_DTYPES[store])
         spath = root / seg.store.name
         size = spath.stat().st_size if spath.exists() else -1

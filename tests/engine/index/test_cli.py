@@ -80,3 +80,26 @@ def test_videos_are_hashed_on_add_and_on_query(tmp_path, ref_dir, ref_tmks, caps
     assert _run(capsys, "index", "add", ix, str(video), str(ref_tmks["chair-19-sd-bar"]))[0] == 0
     _, out, _ = _run(capsys, "query", ix, str(ref_tmks["doorknob-hd-no-bar"]), str(video), "--c1", "0.99", "--c2", "0.99")
     assert out == ("1.000000\t1.000000\tdoorknob-hd-no-bar\tdoorknob-hd-no-bar\n" * 2)
+
+
+def test_cluster_jsonl_summary_and_candidate_search(cli_index, capsys):
+    rc, out, err = _run(capsys, "cluster", cli_index, "--format", "jsonl", "--summary", "1")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and [r["size"] for r in lines[:-1]] == [8, 4]
+    s = lines[-1]["summary"]
+    assert (s["items"], s["clusters"], s["items_in_clusters"]) == (16, 2, 12)
+    assert s["largest"] == [{"cluster": 0, "size": 8, "share": 0.5}] and s["largest_share"] == 0.5
+    assert s["candidates"] == "exact" and 0 < s["level2_pairs"] <= s["level1_pairs"]
+    assert "16 items, 2 clusters" in err
+    rc, out2, _ = _run(capsys, "cluster", cli_index, "--format", "jsonl", "--candidates", "ivf", "--nlist", "1")
+    assert rc == 0 and [json.loads(line) for line in out2.splitlines()] == lines[:-1]
+
+
+def test_int8_index_from_the_command_line(tmp_path, ref_tmks, capsys):
+    ix = str(tmp_path / "q")
+    assert _run(capsys, "index", "create", ix, "--store", "int8")[0] == 0
+    assert _run(capsys, "index", "add", ix, str(next(iter(ref_tmks.values())).parent))[0] == 0
+    info = json.loads(_run(capsys, "index", "info", ix)[1])
+    assert info["store"] == "int8" and info["bytes_per_item"] < 70_000
+    rc, out, _ = _run(capsys, "query", ix, str(ref_tmks["chair-19-sd-bar"]), "--top", "1")
+    assert rc == 0 and out.split("\t")[3].strip() == "chair-19-sd-bar"

@@ -36,3 +36,42 @@ def test_index_clusters_equal_components_of_brute_force_edges(tmp_path, real_fea
     groups = ix.clusters(0.7, 0.7)
     assert [len(g) for g in groups] == [8, 4]
     assert groups[1][0] == "pattern-hd-no-bar"
+
+
+def _grouped_bank(real_feats, n=240, seed=11):
+    """Heavily copied videos: groups of near copies (some borderline), plus unrelated far copies."""
+    from engine.synthetic import perturbed_features
+
+    rng = np.random.default_rng(seed)
+    s = np.where(rng.random(n) < 0.5, rng.choice([0.15, 0.4, 0.7, 0.9], n), 3.0).astype(np.float32)
+    return perturbed_features(real_feats[:6], n, s, seed=seed)
+
+
+def _brute_force_components(feats, c1, c2):
+    from engine.scoring import Scorer
+    from engine.features import FeatureBatch
+
+    feats = sorted(feats, key=lambda f: f.name)
+    bank = FeatureBatch.stack(feats)
+    scorer = Scorer(feats[0].params, "cpu")
+    edges = []
+    for i in range(len(feats) - 1):
+        r = scorer.one_to_many(feats[i], bank.view(i + 1), c1)
+        for j in np.nonzero((r.level1 >= c1) & (r.level2 >= c2))[0]:
+            edges.append((i, i + 1 + int(j)))
+    comps = connected_components(len(feats), np.array(edges, dtype=np.int64).reshape(-1, 2))
+    return [[feats[i].name for i in c] for c in comps if len(c) >= 2], len(edges)
+
+
+def test_clusters_equal_brute_force_with_exact_and_ivf_candidates(tmp_path, real_feats):
+    feats = _grouped_bank(real_feats)
+    ix = VideoIndex.create(tmp_path / "g", shards=2, device="cpu")
+    ix.add(feats)
+    for c1, c2 in [(0.7, 0.7), (0.8, 0.95)]:
+        want, n_edges = _brute_force_components(feats, c1, c2)
+        assert want and max(len(g) for g in want) >= 10     # heavily copied videos present
+        assert ix.clusters(c1, c2, candidates="exact", batch=64) == want
+        st = ix.last_cluster_stats
+        # every pair passing level-1 was found; level-2 was spent only where it could join components
+        assert st.candidates == "exact" and st.level2_pairs < st.level1_pairs and st.linked <= st.level2_pairs
+        assert ix.clusters(c1, c2, candidates="ivf", nlist=4, nprobe=4) == want   # all lists probed: exact

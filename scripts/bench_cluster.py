@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Duplicate clusters at scale: the candidate-graph clusters against the all-pairs baseline.
+
+    python scripts/bench_cluster.py --items 20000 --store int8 --workdir /tmp/vmatch-cluster [--baseline]
+
+Builds (once, kept in --workdir) an index of a synthetic bank with heavily copied videos:
+`--dup-fraction` of the items fall in duplicate groups with Zipf-like sizes (the largest
+holds ~5% of the bank), each group near copies (engine.synthetic, strength 0.3) of its own
+base; the rest are unrelated (far perturbations of the 15 reference hashes).  Then times
+`VideoIndex.clusters` with exact (flat range search) and IVF candidates, measures the IVF
+candidate recall against exact and checks the components are equal, and with --baseline runs
+the previous algorithm (all-pairs level-1 per needle batch, level-2 on every passing pair)
+side by side and prints the ratio.  One JSON object on stdout; progress on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bank import load_bases, log  # noqa: E402
+
+from engine.features import TmkFeatures  # noqa: E402
+from engine.index import VideoIndex, connected_components  # noqa: E402
+from engine.index.index import _Needles  # noqa: E402
+from engine.synthetic import perturb_rows  # noqa: E402
+
+
+def group_sizes(n_dup: int, largest: float, n: int) -> list[int]:
+    sizes, r = [], 1
+    while sum(sizes) < n_dup:
+        sizes.append(max(2, int(largest * n / r)))
+        r += 1
+    sizes[-1] -= sum(sizes) - n_dup
+    return [s for s in sizes if s >= 2]
+
+
+def build(root: Path, n: int, store: str, dup_fraction: float, seed: int) -> VideoIndex:
+    tag = root / "BANK"
+    want = f"{n} {store} {dup_fraction} {seed}"
+    if tag.exists() and tag.read_text() == want:
+        return VideoIndex(root, device="cpu")
+    if root.exists():
+        raise SystemExit(f"{root} holds another bank; remove it first")
+    bases = load_bases()
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sizes = group_sizes(int(n * dup_fraction), 0.05, n)
+    log(f"bank: {n} items, {len(sizes)} duplicate groups (largest {sizes[0]}), {n - sum(sizes)} unrelated")
+    ix = VideoIndex.create(root, shards=4, store=store, device="cpu")
+    t0 = time.perf_counter()
+    pending: list[TmkFeatures] = []
+    count = 0
+
+    def flush() -> None:
+        nonlocal count
+        ix.add(pending)
+        count += len(pending)
+        pending.clear()
+        log(f"  {count}/{n} added ({count / (time.perf_counter() - t0):.0f}/s)")
+
+    def emit(avg: torch.Tensor, rows: torch.Tensor, base: TmkFeatures, label: str) -> None:
+        for k in range(len(avg)):
+            pending.append(TmkFeatures(avg[k].numpy(), rows[k, 0].numpy(), rows[k, 1].numpy(), base.frame_count,
+                                       base.params, f"{label}-{len(pending) + count:07d}"))
+            if len(pending) >= 2048:
+                flush()
+
+    def far(b: TmkFeatures, k: int):
+        return perturb_rows(torch.from_numpy(b.avg), torch.from_numpy(np.stack([b.cos, b.sin])),
+                            torch.full((k,), 3.0), gen)
+
+    for g, size in enumerate(sizes):
+        b = bases[int(rng.integers(len(bases)))]
+        ga, gr = far(b, 1)                   # the group's own video, unrelated to the others
+        for s in range(0, size, 512):
+            k = min(512, size - s)
+            avg, rows = perturb_rows(ga[0], gr[0], torch.full((k,), 0.3), gen)
+            emit(avg, rows, b, f"g{g:05d}")
+    rest = n - sum(sizes)
+    for s in range(0, rest, 512):
+        k = min(512, rest - s)
+        b = bases[(s // 512) % len(bases)]
+        avg, rows = far(b, k)
+        emit(avg, rows, b, "u")
+    if pending:
+        flush()
+    tag.write_text(want)
+    return VideoIndex(root, device="cpu")
+
+
+def baseline_clusters(ix: VideoIndex, c1: float, c2: float, batch: int = 128) -> list[list[str]]:
+    """The previous algorithm (before issue 13): every needle's exact level-1 range search, then
+    level-2 on every pair passing level-1 (each unordered pair from its smaller id)."""
+    names = sorted(ix._locations())
+    rank = {n: i for i, n in enumerate(names)}
+    shards = ix._state()
+    shard_rank = [np.array([rank.get(i, -1) for i in sh.ids], dtype=np.int64) for sh in shards]
+    edges = [np.zeros((0, 2), np.int64)]
+    for sh, ranks in zip(shards, shard_rank):
+        live = sh.live_rows()
+        seg_of = np.searchsorted(sh.first, live, side="right")
+        for seg in np.unique(seg_of):
+            rows_in_seg = live[seg_of == seg]
+            for s in range(0, len(rows_in_seg), batch):
+                rows = rows_in_seg[s:s + batch]
+                feats = ix._scorer.rows_to_device(sh.rows(rows))
+                nd = _Needles([sh.ids[r] for r in rows], sh.l1[rows], feats[:, 0], feats[:, 1])
+                pairs = ix._level1(nd, c1)
+                cand = np.full(len(pairs.row), -1, np.int64)
+                for si, rk in enumerate(shard_rank):
+                    on = pairs.shard == si
+                    cand[on] = rk[pairs.row[on]]
+                keep = cand > ranks[rows][pairs.needle]
+                pairs, cand = pairs.take(keep), cand[keep]
+                l2, _ = ix._level2(nd, pairs, c2)
+                ok = l2 >= c2
+                edges.append(np.stack([ranks[rows][pairs.needle[ok]], cand[ok]], 1))
+    comps = connected_components(len(names), np.concatenate(edges))
+    return [[names[i] for i in c] for c in comps if len(c) >= 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=20000)
+    ap.add_argument("--store", choices=["fp32", "fp16", "int8"], default="int8")
+    ap.add_argument("--dup-fraction", type=float, default=0.4)
+    ap.add_argument("--workdir", default="/tmp/vmatch-cluster")
+    ap.add_argument("--c1", type=float, default=0.7)
+    ap.add_argument("--c2", type=float, default=0.7)
+    ap.add_argument("--nprobe", type=int, default=128)
+    ap.add_argument("--baseline", action="store_true", help="also run the all-pairs algorithm (slow)")
+    ap.add_argument("--no-exact", action="store_true", help="skip the exact candidates (and the recall)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--index", help="cluster this existing index instead of building a bank")
+    args = ap.parse_args()
+    root = Path(args.index) if args.index else Path(args.workdir) / f"bank-{args.items}-{args.store}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ix = VideoIndex(root, device="cpu") if args.index else build(root, args.items, args.store, args.dup_fraction,
+                                                                  args.seed)
+    out: dict = {"index": str(root), "items": len(ix), "store": ix.manifest.store, "build_s": round(time.perf_counter() - t0, 1),
+                 "c1": args.c1, "c2": args.c2, "torch_threads": torch.get_num_threads(),
+                 "load_avg_start": os.getloadavg()}
+    runs = {}
+    for kind in (["exact"] if not args.no_exact else []) + ["ivf"]:
+        ix = VideoIndex(root, device="cpu")
+        t0 = time.perf_counter()
+        groups = ix.clusters(args.c1, args.c2, candidates=kind, nprobe=args.nprobe)
+        dt = time.perf_counter() - t0
+        st = ix.last_cluster_stats
+        runs[kind] = groups
+        out[kind] = {"seconds": round(dt, 2), "clusters": len(groups), "largest": len(groups[0]) if groups else 0,
+                     "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
+                     "rounds": st.rounds, "level1_s": round(st.level1_s, 2), "level2_s": round(st.level2_s, 2)}
+        log(f"{kind}: {out[kind]}")
+    if "exact" in runs:
+        out["ivf"]["recall_level1_pairs"] = round(out["ivf"]["level1_pairs"] / max(out["exact"]["level1_pairs"], 1), 5)
+        out["ivf"]["components_equal_exact"] = runs["ivf"] == runs["exact"]
+    if args.baseline:
+        ix = VideoIndex(root, device="cpu")
+        t0 = time.perf_counter()
+        base = baseline_clusters(ix, args.c1, args.c2)
+        dt = time.perf_counter() - t0
+        out["baseline_all_pairs"] = {"seconds": round(dt, 2), "equal_exact": base == runs.get("exact", base)}
+        best = out["ivf"]["seconds"] if "ivf" in out else out["exact"]["seconds"]
+        out["speedup_exact_vs_baseline"] = round(dt / out["exact"]["seconds"], 2) if "exact" in out else None
+        out["speedup_ivf_vs_baseline"] = round(dt / best, 2)
+    out["load_avg_end"] = os.getloadavg()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Issue-13 figures, each side by side with its baseline (whole-process figures are labelled
+and never divided by in-process ones).
+
+    python scripts/bench_scale.py read   --items 10000 --workdir /tmp/vmatch-scale
+    python scripts/bench_scale.py add    --items 20000 --workdir /tmp/vmatch-scale
+    python scripts/bench_scale.py start  [--repeat 10]
+    python scripts/bench_scale.py query  --items 20000 --workdir /tmp/vmatch-scale     # runs tmk-query (~100 s)
+    python scripts/bench_scale.py hash   [--repeat 1]                                  # runs tmk-hash-video
+    python scripts/bench_scale.py level2 [--pairs 4096]                                # runs tmk-two-level-score
+
+read:   in-process files/s of `engine.tmkfile.read_batch` (warm cache, 2 workers) against the
+        previous reader (read_tmk per file in 8 threads, then stacked) and against plain
+        os.read of the same files; whole-process `vmatch score --c1 2 --needle N FILES`
+        against `cat FILES` and the reference `tmk-query --c1 2 --level-1-only`.
+add:    whole-process `vmatch index add` of N files (files/s).
+start:  whole-process start-up of `vmatch --help`, `info`, `compare`, `index info` (median
+        of --repeat runs) next to `python -c pass` and `python -c "import torch"`.
+query:  whole-process `vmatch query INDEX needle --c1 -1 --c2 -1` against the reference
+        `tmk-query --c1 -1 --c2 -1 needles.txt haystack.txt` over the same N files.
+hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run once per video,
+        and one short clip per command (whole process both).
+level2: one-thread in-process level-2 pairs/s from fp32, fp16 and int8 (candidates in memory, a
+        bank of near copies and unrelated videos, c2 = 0.7 and c2 = 0) against the reference
+        tmk-two-level-score measured on this machine (whole process, pairs/s of its output).
+Bank files: scripts/_bank.py (perturbed reference hashes, 0.2% near copies).  One JSON object
+on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bank import REF, REPO, log, make_bank_files  # noqa: E402
+
+VMATCH = [sys.executable, "-m", "engine.cli"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def oracle_tool(name: str) -> str:
+    sys.path.insert(0, str(REPO))
+    from tests.oracle import find_oracle
+    o, why = find_oracle()
+    if o is None:
+        raise SystemExit(f"reference tools unavailable: {why}")
+    return str(o.tool(name))
+
+
+def timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, env=ENV, cwd=REPO, **kw)
+    dt = time.perf_counter() - t0
+    if r.returncode not in (0, 1):
+        raise SystemExit(f"{cmd[:4]}... failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+    return dt, r
+
+
+def warm(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+
+
+def bench_read(args) -> dict:
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    from engine.features import FeatureBatch
+    from engine.tmkfile import from_bytes, read_batch, read_tmk
+
+    paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)[:args.read or None]
+    warm(paths)
+    out: dict = {"files": len(paths)}
+
+    def raw() -> None:
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.read(fd, 263_345)
+            finally:
+                os.close(fd)
+
+    def old() -> None:   # the reader before issue 13: read_tmk (read + from_bytes copies) in 8 threads
+        def one(p):
+            with open(p, "rb") as fh:
+                return from_bytes(fh.read(), p)
+        with ThreadPoolExecutor(8) as ex:
+            FeatureBatch.stack(list(ex.map(one, paths)))
+
+    def new() -> None:
+        read_batch(paths)
+
+    for name, fn in (("raw_os_read", raw), ("previous_reader", old), ("read_batch", new)):
+        ts = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out[f"{name}_files_per_s"] = round(len(paths) / min(ts), 1)
+        log(f"{name}: {out[f'{name}_files_per_s']} files/s")
+    out["read_batch_vs_previous"] = round(out["read_batch_files_per_s"] / out["previous_reader_files_per_s"], 2)
+    # whole process: vmatch score without level-2, cat, reference tmk-query level-1 only
+    needle = str(paths[0])
+    files = [str(p) for p in paths]
+    t0 = time.perf_counter()
+    subprocess.run(["xargs", "cat"], input="\n".join(files).encode(), stdout=subprocess.DEVNULL, check=True)
+    out["whole_process_cat_s"] = round(time.perf_counter() - t0, 2)
+    t_vm, r = timed([*VMATCH, "score", "--c1", "2", "--needle", needle, *files])
+    out["whole_process_vmatch_score_c1_2_s"] = round(t_vm, 2)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "n.txt").write_text(needle + "\n")
+        (Path(d) / "h.txt").write_text("\n".join(files) + "\n")
+        t_ref, _ = timed([oracle_tool("tmk-query"), "--c1", "2", "--level-1-only", f"{d}/n.txt", f"{d}/h.txt"])
+    out["whole_process_reference_tmk_query_level1_only_s"] = round(t_ref, 2)
+    out["vmatch_score_vs_reference"] = round(t_ref / t_vm, 2)
+    return out
+
+
+def bench_add(args) -> dict:
+    paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)
+    warm(paths)
+    out: dict = {"files": len(paths)}
+    for store in args.stores.split(","):
+        with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+            ix = f"{d}/ix"
+            timed([*VMATCH, "index", "create", ix, "--store", store])
+            dt, r = timed([*VMATCH, "index", "add", ix, *map(str, paths)])
+            out[f"whole_process_index_add_{store}_s"] = round(dt, 2)
+            out[f"whole_process_index_add_{store}_files_per_s"] = round(len(paths) / dt, 1)
+            log(f"add {store}: {dt:.2f} s, {len(paths) / dt:.0f} files/s")
+    return out
+
+
+def bench_start(args) -> dict:
+    ref = REF / "tmk"
+    a, b = str(ref / "doorknob-hd-no-bar.tmk"), str(ref / "chair-19-sd-bar.tmk")
+    with tempfile.TemporaryDirectory() as d:
+        timed([*VMATCH, "index", "create", f"{d}/ix"])
+        timed([*VMATCH, "index", "add", f"{d}/ix", a, b])
+        cmds = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+            "vmatch --help": [*VMATCH, "--help"],
+            "vmatch info": [*VMATCH, "info", a],
+            "vmatch compare": [*VMATCH, "compare", a, b],
+            "vmatch index info": [*VMATCH, "index", "info", f"{d}/ix"],
+        }
+        out = {}
+        for name, cmd in cmds.items():
+            ts, cpu = [], []
+            for _ in range(args.repeat):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                ts.append(timed(cmd)[0])
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            # wall time depends on the machine's load; CPU time (user + system) much less
+            out[name] = {"median_s": round(statistics.median(ts), 3), "min_s": round(min(ts), 3),
+                         "median_cpu_s": round(statistics.median(cpu), 3)}
+            log(f"{name}: {out[name]}")
+    return out
+
+
+def bench_query(args) -> dict:
+    paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)
+    ix = Path(args.workdir) / f"index-{args.items}-{args.store}"
+    out: dict = {"items": len(paths), "store": args.store}
+    if not (ix / "DONE").exists():
+        warm(paths)
+        timed([*VMATCH, "index", "create", str(ix), "--store", args.store])
+        dt, _ = timed([*VMATCH, "index", "add", str(ix), *map(str, paths)])
+        out["whole_process_index_add_s"] = round(dt, 2)
+        out["whole_process_index_add_files_per_s"] = round(len(paths) / dt, 1)
+        log(f"index add: {dt:.1f} s")
+        (ix / "DONE").write_text("")
+    warm(paths)
+    needle = str(paths[1])
+    ts = []
+    for _ in range(args.repeat):
+        dt, r = timed([*VMATCH, "query", str(ix), needle, "--c1", "-1", "--c2", "-1"])
+        ts.append(dt)
+    out["whole_process_vmatch_query_s"] = round(min(ts), 2)
+    out["vmatch_lines"] = len(r.stdout.splitlines())
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "n.txt").write_text(needle + "\n")
+        (Path(d) / "h.txt").write_text("\n".join(map(str, paths)) + "\n")
+        log("running the reference tmk-query (about 100 s)")
+        t_ref, rr = timed([oracle_tool("tmk-query"), "--c1", "-1", "--c2", "-1", f"{d}/n.txt", f"{d}/h.txt"])
+    out["whole_process_reference_tmk_query_s"] = round(t_ref, 2)
+    out["reference_lines"] = len(rr.stdout.splitlines())
+    out["ratio"] = round(t_ref / out["whole_process_vmatch_query_s"], 1)
+    return out
+
+
+def bench_hash(args) -> dict:
+    videos = sorted((REF / "videos").glob("*.mp4"))
+    tool = oracle_tool("tmk-hash-video")
+    ffmpeg = "/usr/bin/ffmpeg"
+    out: dict = {"videos": len(videos)}
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        for v in videos:
+            subprocess.run([tool, "-f", ffmpeg, "-i", str(v), "-o", f"{d}/{v.stem}.ref.tmk"], check=True,
+                           capture_output=True)
+        t_ref = time.perf_counter() - t0
+        t_vm, _ = timed([*VMATCH, "hash", *map(str, videos), "-d", f"{d}/vm"])
+        same = all((Path(d) / "vm" / f"{v.stem}.tmk").read_bytes() == (Path(d) / f"{v.stem}.ref.tmk").read_bytes()
+                   for v in videos)
+        out["many_videos"] = {"reference_once_per_video_s": round(t_ref, 2), "vmatch_one_command_s": round(t_vm, 2),
+                              "ratio": round(t_ref / t_vm, 2), "byte_identical": same}
+        log(f"many: {out['many_videos']}")
+        short = min(videos, key=lambda v: v.stat().st_size)
+        t0 = time.perf_counter()
+        subprocess.run([tool, "-f", ffmpeg, "-i", str(short), "-o", f"{d}/s.ref.tmk"], check=True, capture_output=True)
+        t_ref1 = time.perf_counter() - t0
+        t_vm1, _ = timed([*VMATCH, "hash", str(short), "-o", f"{d}/s.tmk"])
+        out["one_short_clip"] = {"video": short.name, "reference_s": round(t_ref1, 3), "vmatch_s": round(t_vm1, 3),
+                                 "ratio": round(t_ref1 / t_vm1, 2)}
+        log(f"short: {out['one_short_clip']}")
+    return out
+
+
+def bench_level2(args) -> dict:
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import torch
+    from engine.index import int8
+    from engine.index.level2 import PairScorer
+    from engine.synthetic import mixed_strengths, perturbed_features
+    from engine.tmkfile import iter_tmk_paths, read_many
+
+    torch.set_num_threads(1)
+    bases = [f for f in read_many(iter_tmk_paths([REF / "tmk"])) if f.name != "test-padded-dimensions"]
+    n = args.pairs
+    feats = perturbed_features(bases, n, mixed_strengths(n, args.near_fraction, seed=1), seed=1)
+    rows = np.stack([np.stack([f.cos, f.sin]) for f in feats])
+    needle = bases[0]
+    scorer = PairScorer(needle.params, torch.device("cpu"))
+    n_cos, n_sin = torch.from_numpy(needle.cos[None]), torch.from_numpy(needle.sin[None])
+    out: dict = {"pairs": n, "near_fraction": args.near_fraction, "torch_threads": 1}
+    stores = {"fp32": rows, "fp16": rows.astype(np.float16), "int8": int8.quantize(rows)}
+    for c2 in (0.7, 0.0):
+        for name, data in stores.items():
+            def once() -> float:
+                t0 = time.perf_counter()
+                for s in range(0, n, 512):
+                    part = data[s:s + 512]
+                    k = len(part)
+                    if name == "fp32":
+                        scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), torch.from_numpy(part), c2)
+                    else:
+                        scorer.score_raw(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2)
+                return time.perf_counter() - t0
+            once()
+            best = min(once() for _ in range(args.repeat))
+            out[f"{name}_c2_{c2}_pairs_per_s"] = round(n / best, 1)
+            log(f"{name} c2={c2}: {n / best:.0f} pairs/s")
+    # the reference, whole process: tmk-two-level-score of one needle file against K files
+    with tempfile.TemporaryDirectory() as d:
+        from engine.tmkfile import write_tmk
+        k = args.ref_pairs
+        files = []
+        for i, f in enumerate(feats[:k]):
+            p = Path(d) / f"c{i:05d}.tmk"
+            write_tmk(p, f)
+            files.append(str(p))
+        needle_path = str(REF / "tmk" / f"{needle.name}.tmk")
+        (Path(d) / "n.txt").write_text(needle_path + "\n")
+        (Path(d) / "h.txt").write_text("\n".join(files) + "\n")
+        t_ref, rr = timed([oracle_tool("tmk-query"), "--c1", "-1", "--c2", "-1", f"{d}/n.txt", f"{d}/h.txt"])
+        t_load, _ = timed([oracle_tool("tmk-query"), "--c1", "2", "--level-1-only", f"{d}/n.txt", f"{d}/h.txt"])
+    ref = k / max(t_ref - t_load, 1e-9)
+    out["reference_tmk_query_pairs"] = k
+    out["reference_tmk_query_s"] = round(t_ref, 2)
+    out["reference_tmk_query_load_only_s"] = round(t_load, 2)
+    out["reference_pairs_per_s"] = round(ref, 1)
+    for key in [k_ for k_ in out if k_.endswith("_pairs_per_s") and not k_.startswith("reference")]:
+        out[key.replace("_pairs_per_s", "_vs_reference")] = round(out[key] / ref, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["read", "add", "start", "query", "hash", "level2"])
+    ap.add_argument("--items", type=int, default=10000)
+    ap.add_argument("--workdir", default="/tmp/vmatch-scale")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--store", default="fp32")
+    ap.add_argument("--stores", default="fp32,int8")
+    ap.add_argument("--pairs", type=int, default=4096)
+    ap.add_argument("--near-fraction", type=float, default=0.05)
+    ap.add_argument("--ref-pairs", type=int, default=400)
+    ap.add_argument("--read", type=int, default=0, help="read: only the first N files of the bank")
+    args = ap.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    out = {"what": args.what, "load_avg_start": os.getloadavg()}
+    out.update(globals()[f"bench_{args.what}"](args))
+    out["load_avg_end"] = os.getloadavg()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
