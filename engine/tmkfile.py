@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from engine.errors import FormatError
+from engine.errors import FormatError, check_compatible
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.params import TmkParams
 
@@ -24,6 +24,12 @@ _MAX_P, _MAX_M, _MAX_D = 64, 1024, 4096
 
 #: A `.tmk` file that is not a valid FVEC signature; str() is `<path>: <reason>` (engine.errors).
 TmkFormatError = FormatError
+
+
+def file_size(params: TmkParams) -> int:
+    """Bytes of a `.tmk` file with these parameters (the reader's fixed-size buffers)."""
+    p, m, d = params.num_periods, params.num_coeffs, params.dim
+    return HEADER.size + 4 * (p + m + d + 2 * p * m * d)
 
 
 def to_bytes(f: TmkFeatures) -> bytes:
@@ -190,10 +196,7 @@ class BatchBuffer:
         for i in np.nonzero(~ok)[0]:        # careful path: exact error, or a compatible variant
             try:
                 f = read_tmk(paths[i])
-                why = lay.params.incompatibility(f.params)
-                if why:
-                    owner = self.owner or f"{paths[0]}'s"
-                    raise TmkFormatError(paths[i], f"TMK parameters differ from {owner} ({why})")
+                check_compatible(lay.params, f.params, paths[i], self.owner or f"{paths[0]}'s")  # the one check
             except TmkFormatError as e:
                 if errors is None:
                     raise
