@@ -24,7 +24,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from engine.features import TmkFeatures
+from engine.features import Signatures, TmkFeatures
+from engine.index import borders as borders_mod
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import connected_components
 from engine.index.level2 import PairScorer
@@ -56,6 +57,8 @@ class Match:
     level1: float
     level2: float
     offsets: list[int] = field(default_factory=list)
+    #: --robust only: the variant that matched (engine/robust.py), e.g. "hflip", "borders".
+    variant: str = ""
 
 
 @dataclass
@@ -177,6 +180,7 @@ class VideoIndex:
         self._scorer = PairScorer(self.params, self.device, **({"grid": grid} if grid else {}))
         self._shards: list[_ShardBase] | None = None
         self._where: dict[str, tuple[int, int]] | None = None
+        self._border_table: borders_mod.BorderTable | None = None
         self._memory = False
         #: How long a writer waits for another process's add or remove to commit.
         self.lock_timeout_s = 600.0
@@ -221,6 +225,7 @@ class VideoIndex:
         self._scorer = PairScorer(params, self.device)
         self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
         self._where, self._memory = None, True
+        self._border_table = None
         self.last_stats = QueryStats()
         return self
 
@@ -229,7 +234,13 @@ class VideoIndex:
         if self._memory:
             return
         self.manifest = read_manifest(self.root)
-        self._shards, self._where = None, None
+        self._shards, self._where, self._border_table = None, None, None
+
+    def border_table(self) -> borders_mod.BorderTable:
+        """The border-cropped signatures of this manifest's items (engine/index/borders.py)."""
+        if self._border_table is None:
+            self._border_table = borders_mod.BorderTable(self.root, self.manifest, self.params, self.verify_reads)
+        return self._border_table
 
     def _state(self) -> list[_ShardBase]:
         if self._shards is None:
@@ -346,7 +357,8 @@ class VideoIndex:
                 (self.root / f.name).unlink(missing_ok=True)
         m.retired = [r for r in m.retired if now - r[0] < self.retire_after_s]
         live = {f.name for f in m.all_files()} | {f.name for _, files in m.retired for f in files}
-        for p in [*self.root.glob("shard-*/*"), *self.root.glob("ivf-trained-*")]:
+        for p in [*self.root.glob("shard-*/*"), *self.root.glob("ivf-trained-*"),
+                  *self.root.glob(f"{borders_mod.BORDERS_DIR}/*")]:
             if p.relative_to(self.root).as_posix() not in live:
                 p.unlink(missing_ok=True)
         for p in self.root.glob(".*.tmp"):
@@ -363,9 +375,11 @@ class VideoIndex:
                 raise IndexFormatError(src, f"id {i!r} is already in the index; nothing was added")
             seen[i] = src
 
-    def add(self, items: Iterable[TmkFeatures], ids: Sequence[str] | None = None,
+    def add(self, items: Iterable[TmkFeatures | Signatures], ids: Sequence[str] | None = None,
             sources: Sequence[str] | None = None, progress: ProgressFn | None = None) -> int:
-        """Add in-memory signatures (id = ``ids[i]`` or the signature's name) in one transaction."""
+        """Add in-memory signatures (id = ``ids[i]`` or the signature's name) in one transaction.
+
+        A ``Signatures`` item with a border-cropped signature stores it in the side table."""
         items = list(items)
         ids = list(ids) if ids is not None else [f.name for f in items]
         sources = list(sources) if sources is not None else list(ids)
@@ -374,11 +388,15 @@ class VideoIndex:
 
     def add_paths(self, paths: Sequence[str | os.PathLike[str]], hasher: object | None = None,
                   progress: ProgressFn | None = None, workers: int = 8) -> int:
-        """Add `.tmk` files (read in parallel) or videos (hashed with `hasher`); id = file stem."""
+        """Add `.tmk` files (read in parallel) or videos (hashed with `hasher`); id = file stem.
+
+        ``X.borders.tmk`` given with ``X.tmk`` is X's border-cropped signature, not an item; a
+        hasher whose ``hash`` returns ``Signatures`` (engine/borders.py) stores videos' borders too.
+        """
         from engine.tmkfile import read_tmk
 
-        paths = [Path(p) for p in paths]
-        jobs: list[Callable[[], TmkFeatures]] = []
+        paths, sidecars = borders_mod.split_sidecars([Path(p) for p in paths])
+        jobs: list[Callable[[], TmkFeatures | Signatures]] = []
         one_video_at_a_time = threading.Lock()   # the hasher is stateful and parallel inside
 
         def hash_video(p: Path, h: object) -> TmkFeatures:
@@ -386,7 +404,9 @@ class VideoIndex:
                 return h.hash(p)  # type: ignore[attr-defined]
 
         for p in paths:
-            if p.suffix.lower() == ".tmk":
+            if p in sidecars:
+                jobs.append(lambda p=p: Signatures(read_tmk(p), read_tmk(sidecars[p])))
+            elif p.suffix.lower() == ".tmk":
                 jobs.append(lambda p=p: read_tmk(p))
             else:
                 if hasher is None:
@@ -395,19 +415,26 @@ class VideoIndex:
                 jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
 
-    def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],
+    def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures | Signatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
         with self._writing() as m:
             self._check_new_ids(ids, sources, set(self._locations()))
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             store = m.store
+            border_rows: list[Prepared] = []
 
             def load(k: int) -> Prepared:
                 f = jobs[k]()
-                why = self.params.incompatibility(f.params)
-                if why:
-                    raise TmkFormatError(sources[k], f"TMK parameters differ from the index's ({why})")
+                extra = None
+                if isinstance(f, Signatures):
+                    f, extra = f.main, f.borders
+                for g in (f, extra):
+                    why = self.params.incompatibility(g.params) if g is not None else ""
+                    if why:
+                        raise TmkFormatError(sources[k], f"TMK parameters differ from the index's ({why})")
+                if extra is not None:   # list.append is atomic: safe from the loader threads
+                    border_rows.append(prepare(extra, ids[k], sources[k], borders_mod.BORDER_STORE))
                 return prepare(f, ids[k], sources[k], store)
 
             try:
@@ -423,6 +450,10 @@ class VideoIndex:
                             writers[sid].append([it])
                         if progress and batch:
                             progress(len(batch))
+                if border_rows:
+                    bw = writers[-1] = borders_mod.border_writer(self.root, name)
+                    order = {i: k for k, i in enumerate(ids)}
+                    bw.append(sorted(border_rows, key=lambda it: order[it.id]))
                 self._finish_add(m, writers)
             except BaseException:
                 for w in writers.values():
@@ -435,6 +466,8 @@ class VideoIndex:
         if not writers:
             return
         trained = None
+        if -1 in writers:                    # the border side table (engine/index/borders.py)
+            m.borders.append(writers.pop(-1).finish())
         if m.coarse == "ivf":
             if m.ivf_trained is None:
                 vecs = np.concatenate([np.stack(w.l1_rows) for w in writers.values()])
@@ -462,6 +495,7 @@ class VideoIndex:
                 sid, row = where[i]
                 s, local = shards[sid].locate(row)
                 m.segments[sid][s].deleted.append(local)
+            borders_mod.tombstone(self.root, m, list(ids))
             m.generation += 1
             write_manifest(self.root, m)
         return len(set(ids))
