@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--timeout", type=float, metavar="S", help="per-video decode time limit in seconds")
     p.add_argument("--backend", choices=["auto", "decord", "pyav"], help="decoder (auto: decord, PyAV fallback)")
+    p.add_argument("--borders", action="store_true",
+                   help="also detect letterbox / pillarbox / window-box borders and, where found, write the "
+                        "signature of the content inside them as STEM.borders.tmk beside STEM.tmk (the "
+                        "main .tmk is unchanged); the detected borders are logged on stderr")
     p.set_defaults(func=run)
 
 
@@ -47,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
                              torch_threads=cfg.torch_threads)
     except (RuntimeError, ValueError) as e:
         raise CliError(str(e), 2) from None
+    border_hasher = None
+    if args.borders:
+        from engine.borders import BorderHasher
+        border_hasher = BorderHasher(hasher)
     failures, frames = 0, 0
     bar = Progress(len(args.videos), "hash", "video")
 
@@ -57,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
 
     for video, target in zip(args.videos, targets):
         try:
-            feats = hasher.hash(video, progress=on_frames)
-            write_tmk(target, feats)
+            if border_hasher is not None:
+                _hash_with_borders(border_hasher, video, target, on_frames, bar)
+            else:
+                feats = hasher.hash(video, progress=on_frames)
+                write_tmk(target, feats)
         except DecodeError as e:
             failures += 1
             bar.write(f"vmatch: {e}")
@@ -73,3 +84,19 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         return fail(f"{failures} of {len(args.videos)} inputs failed")
     return 0
+
+
+def _hash_with_borders(bh, video: str, target: Path, on_frames, bar: Progress) -> None:
+    """Write STEM.tmk and, when borders were found, STEM.borders.tmk (a stale one is removed)."""
+    from engine.index.borders import sidecar_path
+
+    sigs = bh.hash(video, progress=on_frames)
+    write_tmk(target, sigs.main)
+    side = sidecar_path(target)
+    if sigs.borders is not None and bh.last_borders is not None:
+        write_tmk(side, sigs.borders)
+        b = bh.last_borders
+        bar.write(f"vmatch: {video}: {b.kind} (top {b.top:.3f}, bottom {b.bottom:.3f}, left {b.left:.3f}, "
+                  f"right {b.right:.3f}, colour {'#%02x%02x%02x' % b.colour}) -> {side.name}")
+    elif side.exists():
+        side.unlink()

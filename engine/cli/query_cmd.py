@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import config_from
+from engine.cli.common import CliError, config_from
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
 from engine.config import Config
 from engine.index.needles import load_needles
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("needles", nargs="+", metavar="NEEDLE", help=".tmk file, folder of them, or video")
     _thresholds(q)
     q.add_argument("--top", type=int, metavar="K", help="at most K matches per needle (default: all)")
+    _robust(q)
     from engine.ray.shard_query import add_ray_arguments  # --ray, --ray-address (engine/ray)
     add_ray_arguments(q)
     q.set_defaults(func=run_query)
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("index", metavar="INDEX")
     _thresholds(c)
     c.add_argument("--min-size", type=int, default=2, help="smallest cluster printed (default 2)")
+    _robust(c)
     c.set_defaults(func=run_cluster)
 
 
@@ -39,6 +41,13 @@ def _thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--c2", type=float, help="level-2 threshold, inclusive (default 0.7)")
     p.add_argument("--format", choices=["tsv", "jsonl"], default="tsv")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def _robust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--robust", action="store_true",
+                   help="also match mirrored / rotated copies (8 variants of each needle) and border-cropped "
+                        "signatures; a pair's result is its best variant, named in a 5th TSV column / the "
+                        "JSONL 'variant' field (engine/robust.py)")
 
 
 def _settings(args: argparse.Namespace) -> tuple[Config, dict[str, Any], float, float]:
@@ -56,29 +65,53 @@ def run_query(args: argparse.Namespace) -> int:
         def hash_video(path: Path):
             nonlocal hasher
             hasher = hasher or make_hasher(cfg, ix.params, args.device)
+            if args.robust and not hasattr(hasher, "last_borders"):
+                from engine.borders import BorderHasher
+                hasher = BorderHasher(hasher)
             return hasher.hash(path)
 
+        if args.robust:
+            if args.ray:
+                raise CliError("--robust does not run with --ray yet; query without --ray", 2)
+            from engine.index import robust
+            from engine.index.needles import load_signatures
+            results = robust.query(ix, load_signatures(args.needles, hash_video), c1, c2, args.top)
+            _print_matches(results, args.format, True)
+            return 0
         needles = load_needles(args.needles, hash_video)
         if args.ray:  # one Ray actor per shard, results merged (engine/ray/shard_query.py)
             from engine.ray.shard_query import cli_query
             results = cli_query(args, cfg, ic, needles, c1, c2, args.top)
         else:
             results = ix.query(needles, c1, c2, args.top)
+    _print_matches(results, args.format, False)
+    return 0
+
+
+def _print_matches(results: list, fmt: str, robust: bool) -> None:
     out = sys.stdout
     for matches in results:
         for m in matches:
-            if args.format == "tsv":
-                out.write(f"{m.level1:.6f}\t{m.level2:.6f}\t{m.needle}\t{m.id}\n")
+            if fmt == "tsv":
+                extra = f"\t{m.variant}" if robust else ""
+                out.write(f"{m.level1:.6f}\t{m.level2:.6f}\t{m.needle}\t{m.id}{extra}\n")
             else:
-                out.write(json.dumps({"needle": m.needle, "id": m.id, "level1": round(m.level1, 6),
-                                      "level2": round(m.level2, 6), "offsets": m.offsets}) + "\n")
-    return 0
+                rec = {"needle": m.needle, "id": m.id, "level1": round(m.level1, 6),
+                       "level2": round(m.level2, 6), "offsets": m.offsets}
+                if robust:
+                    rec["variant"] = m.variant
+                out.write(json.dumps(rec) + "\n")
 
 
 def run_cluster(args: argparse.Namespace) -> int:
     _, ic, c1, c2 = _settings(args)
     with cli_errors():
-        groups = open_index(args, ic).clusters(c1, c2, args.min_size, ic["cluster_batch"])
+        ix = open_index(args, ic)
+        if args.robust:
+            from engine.index import robust
+            groups = robust.clusters(ix, c1, c2, args.min_size)
+        else:
+            groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"])
     out = sys.stdout
     for cid, members in enumerate(groups):
         if args.format == "tsv":
