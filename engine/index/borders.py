@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from engine.features import TmkFeatures
-from engine.index.manifest import Manifest
-from engine.index.segment import SegmentReader, SegmentWriter, read_checked
+from engine.index.manifest import FileRef, Manifest
+from engine.index.segment import Prepared, SegmentReader, SegmentWriter, read_checked
 from kernels.params import TmkParams
 
 BORDERS_DIR = "borders"
@@ -99,3 +99,27 @@ class BorderTable:
             return None
         row = np.asarray(self.rows(np.array([r], dtype=np.int64))[0], np.float32)
         return TmkFeatures(self.l1[r], row[0], row[1], 0, self.params, item_id)
+
+
+def compact_table(root: Path, m: Manifest, name: str) -> list[FileRef] | None:
+    """Rewrite the side table as one segment of its live rows (``m.borders`` replaced) when it has
+    several segments or tombstones; returns the replaced files (to retire), or None if unchanged."""
+    if len(m.borders) <= 1 and not any(s.deleted for s in m.borders):
+        return None
+    table = BorderTable(root, m, m.params)
+    w = border_writer(root, name)
+    try:
+        cols_of = [json.loads(read_checked(root, s.ids)) for s in m.borders]
+        for r in sorted(table.row_of.values()):
+            seg = int(np.searchsorted(table.first, r, side="right") - 1)
+            i, cols = r - int(table.first[seg]), cols_of[seg]
+            row = table.rows(np.array([r], dtype=np.int64))[0]
+            w.append([Prepared(cols["id"][i], cols["source"][i], cols["frame_count"][i], table.l1[r],
+                               (np.ascontiguousarray(row),), cols["row_sum64"][i], cols["content_hash"][i],
+                               cols["time_added"][i])])
+        retired = [f for s in m.borders for f in (s.l1, s.store, s.ids)]
+        m.borders = [w.finish()] if w.count else []
+        return retired
+    except BaseException:
+        w.abort()
+        raise

@@ -323,6 +323,8 @@ class VideoIndex:
         for sh in self._state():
             for r in sh.readers:
                 r.verify()
+        for r in self.border_table().readers:
+            r.verify()
 
     # ------------------------------------------------------------------------ writing
     @contextmanager
@@ -523,8 +525,9 @@ class VideoIndex:
                     retired += [f for s in m.segments[sid] for f in (s.l1, s.store, s.ids, s.ivf) if f]
                     ivf = coarse_mod.ivf_lists(trained, np.stack(w.l1_rows)) if trained and w.count else None
                     m.segments[sid] = [w.finish(ivf)] if w.count else []
-                if writers:
-                    m.retired.append((time.time(), retired))
+                retired_borders = borders_mod.compact_table(self.root, m, name)
+                if writers or retired_borders is not None:
+                    m.retired.append((time.time(), retired + (retired_borders or [])))
                     m.generation += 1
                     write_manifest(self.root, m)
             except BaseException:
