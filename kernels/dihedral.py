@@ -145,3 +145,54 @@ def frame_transform(img: np.ndarray, name: str) -> np.ndarray:
     if out is None:
         raise ValueError(f"unknown transform {name!r}")
     return np.ascontiguousarray(out)
+
+
+@lru_cache(maxsize=None)
+def parity_blocks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order int64 [256], signs float32 [8, 4], transposed bool [8]).
+
+    ``order`` groups the features by the parities of (u, v) into 4 blocks of 64.  Every element
+    multiplies a whole block by one sign (S[k] depends on the parity of k only), and either
+    keeps or transposes (u, v); so g(x) . y is a signed sum of 4 block dot products of x, or of
+    transpose(x), with y: all 8 from 8 products of length 64, i.e. twice one full product.
+    """
+    u, v = np.meshgrid(np.arange(NUM_FREQ), np.arange(NUM_FREQ), indexing="ij")
+    block = (2 * (u % 2) + (v % 2)).reshape(-1)
+    order = np.argsort(block, kind="stable").astype(np.int64)
+    signs = np.empty((len(NAMES), 4), np.float32)
+    for i, n in enumerate(NAMES):
+        s = table(n)[1]
+        for b in range(4):
+            vals = np.unique(s[block == b])
+            assert len(vals) == 1
+            signs[i, b] = vals[0]
+    transposed = np.array([_SPEC[n][0] for n in NAMES])
+    for a in (order, signs, transposed):
+        a.setflags(write=False)
+    return order, signs, transposed
+
+
+def blocked(bank: np.ndarray) -> np.ndarray:
+    """Bank rows [N, 256] as the 4 parity blocks [4, N, 64] (contiguous), for ``all_dots``."""
+    order = parity_blocks()[0]
+    return np.ascontiguousarray(np.moveaxis(bank[:, order].reshape(len(bank), 4, 64), 1, 0))
+
+
+def all_dots(bank4: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Dot products of every transform of each x with each bank row: bank4 [4, N, 64]
+    (``blocked``), x [B, 256] -> [8, B, N] in NAMES order; equal to ``apply_all(x) @ bank.T`` up
+    to round-off, at the cost of two products instead of eight (one batched matmul)."""
+    order, signs, transposed = parity_blocks()
+    dev, dt = bank4.device, bank4.dtype
+    o = torch.from_numpy(order.copy()).to(dev)
+    tperm = torch.from_numpy(table("transpose")[0].copy()).to(dev)
+    x = x.to(dev, dt)
+    nb = x.shape[0]
+    both = torch.cat([x, x.index_select(-1, tperm)], 0).index_select(-1, o)   # [2B, 256] in block order
+    parts = torch.bmm(both.view(2 * nb, 4, 64).transpose(0, 1), bank4.transpose(1, 2))   # [4, 2B, N]
+    parts = parts.view(4, 2, nb, -1)                                          # [block, transposed?, B, N]
+    s = torch.from_numpy(signs.copy()).to(dev, dt)                            # [8, 4]
+    tr = torch.from_numpy(transposed.astype(np.int64)).to(dev)
+    # out[g] = sum_b s[g, b] * parts[b, tr[g]]
+    sel = parts[:, tr]                                                        # [4, 8, B, N]
+    return torch.einsum("gb,bgkn->gkn", s, sel)

@@ -88,3 +88,16 @@ def test_cuda_matches_cpu() -> None:
     x = torch.randn(5, 2, 256)
     got = d.apply_all(x.cuda()).cpu()
     torch.testing.assert_close(got, d.apply_all(x), rtol=0, atol=0)
+
+
+def test_all_dots_equals_transformed_products() -> None:
+    """The 8 variants' dot products from 4 parity blocks equal the products of the transformed vectors."""
+    rng = np.random.default_rng(4)
+    bank = rng.standard_normal((50, 256)).astype(np.float32)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    got = d.all_dots(torch.from_numpy(d.blocked(bank)), torch.from_numpy(x)).numpy()
+    assert d.blocked(bank).shape == (4, 50, 64)
+    want = np.einsum("gbd,nd->gbn", d.apply_all(x), bank)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    order, signs, tr = d.parity_blocks()
+    assert sorted(order.tolist()) == list(range(256)) and tr.sum() == 4 and signs.shape == (8, 4)

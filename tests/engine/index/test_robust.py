@@ -59,9 +59,14 @@ def test_side_table(index: VideoIndex, robust_sigs) -> None:
     assert t.features("a") is None
 
 
-def test_query_equals_brute_force(index: VideoIndex, robust_sigs) -> None:
+@pytest.mark.parametrize("blocks", [True, False])
+def test_query_equals_brute_force(index: VideoIndex, robust_sigs, blocks: bool, monkeypatch) -> None:
+    """Level-1 from block products (flat) or from the coarse searcher (as IVF): same as brute force."""
+    from engine.index import robust as robust_mod
+
+    monkeypatch.setattr(robust_mod, "BLOCK_LEVEL1", blocks)
     needles = [robust_sigs[n][0] for n in ("a", "a_lbox", "a_rot90", "b_pbox", "a_dark")]
-    for c1, c2 in ((C1, C2), (0.5, 0.6)):
+    for c1, c2 in ((C1, C2), (0.5, 0.6), (-1.0, 0.2)):
         got = robust.query(index, needles, c1, c2)
         want = _brute(index, needles, c1, c2)
         for g, w in zip(got, want):
