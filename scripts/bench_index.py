@@ -22,7 +22,8 @@ half of them near items.  Prints one JSON object on stdout; progress goes to std
 
 ``--robust`` adds a side-by-side run of the needle batch (and of one needle) with and without
 ``--robust`` matching (8 mirror / rotation variants per needle, engine/index/robust.py), plain and
-robust alternated ``--repeats`` times, and prints the best time of each and their ratio:
+robust alternated ``--repeats`` times, and prints the best time of each and their ratio (and the
+ratio of the medians, steadier on a busy machine):
 
     python scripts/bench_index.py --items 20000 --memory --store fp16 --robust
 """
@@ -177,9 +178,11 @@ def robust_vs_plain(ix: VideoIndex, needles: list[TmkFeatures], c1: float, c2: f
             stats[kind] = {"candidates": st.candidates, "level2_scored": st.scored,
                            "matches": sum(map(len, res))}
     best = {k: min(v) for k, v in times.items()}
+    med = {k: float(np.median(v)) for k, v in times.items()}
     return {"needles": len(needles), "c1": c1, "c2": c2, "repeats": repeats,
             "plain_seconds": round(best["plain"], 4), "robust_seconds": round(best["robust"], 4),
             "robust_over_plain": round(best["robust"] / best["plain"], 2),
+            "median_robust_over_plain": round(med["robust"] / med["plain"], 2),
             "all_seconds": {k: [round(x, 4) for x in v] for k, v in times.items()}, **{k: stats[k] for k in stats}}
 
 
