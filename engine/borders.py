@@ -121,28 +121,43 @@ class BorderDetector:
         return n if n >= s.min_band else 0
 
     def detect_rows(self) -> tuple[int, int, int, int, tuple[int, int, int]] | None:
-        """(top, bottom, left, right) border rows/columns on the frame grid and the colour, or None."""
+        """(top, bottom, left, right) border rows/columns on the frame grid and the colour, or None.
+
+        Bands are peeled repeatedly: bars of one colour around a picture that has bars of its own
+        (a letterboxed copy of a pillarboxed film) are found as two nested layers."""
         s = self.s
         if self.n < s.min_frames or self._min is None:
             return None
         rng = (self._max.astype(np.int16) - self._min.astype(np.int16)).max(2).astype(np.float32)  # [H, W]
         mean = (self._sum / self.n).astype(np.float32)                                               # [H, W, 3]
         h, w = rng.shape
-        top = self._band(rng, mean)
-        bottom = self._band(rng[::-1], mean[::-1])
-        left = self._band(rng.T, mean.transpose(1, 0, 2))
-        right = self._band(rng.T[::-1], mean.transpose(1, 0, 2)[::-1])
-        if not (top or bottom or left or right):
+        t = b = l = r = 0
+        bands: list[np.ndarray] = []
+        for _ in range(4):
+            # the row next to a band mixes bar and picture (scaling): leave it out of the next layer
+            pt, pb, pl, pr = (int(x > 0) for x in (t, b, l, r))
+            R, M = rng[t + pt:h - b - pb, l + pl:w - r - pr], mean[t + pt:h - b - pb, l + pl:w - r - pr]
+            if R.shape[0] < s.min_inside or R.shape[1] < s.min_inside:
+                return None                  # (nearly) the whole frame is "border": flat or static video
+            nt = self._band(R, M)
+            nb = self._band(R[::-1], M[::-1])
+            nl = self._band(R.T, M.transpose(1, 0, 2))
+            nr = self._band(R.T[::-1], M.transpose(1, 0, 2)[::-1])
+            if not (nt or nb or nl or nr):
+                break
+            hh, ww = R.shape
+            bands += [x.reshape(-1, 3) for x, k in ((M[:nt], nt), (M[hh - nb:], nb), (M[:, :nl], nl),
+                                                     (M[:, ww - nr:], nr)) if k]
+            t, b, l, r = (x + n + (p if n else 0) for x, n, p in ((t, nt, pt), (b, nb, pb), (l, nl, pl), (r, nr, pr)))
+        if not (t or b or l or r):
             return None
-        if h - top - bottom < s.min_inside or w - left - right < s.min_inside:
-            return None                      # (nearly) the whole frame is "border": flat or static video
-        inside = rng[top:h - bottom, left:w - right]
+        if h - t - b < s.min_inside or w - l - r < s.min_inside:
+            return None
+        inside = rng[t:h - b, l:w - r]
         if float(inside.mean()) < s.min_activity:
             return None                      # static content: no evidence that the bands are bars
-        bands = [m for m, k in ((mean[:top], top), (mean[h - bottom:], bottom), (mean[:, :left], left),
-                                (mean[:, w - right:], right)) if k]
-        colour = np.concatenate([b.reshape(-1, 3) for b in bands]).mean(0)
-        return top, bottom, left, right, tuple(int(round(c)) for c in colour)
+        colour = np.concatenate(bands).mean(0)
+        return t, b, l, r, tuple(int(round(c)) for c in colour)
 
     def detect(self) -> Borders | None:
         """Coarse borders (multiples of 1/64), or None."""
@@ -181,7 +196,7 @@ def _fine_edge(frames: np.ndarray, coarse: int, tol: float = 12.0, spread: float
     along the row is at most ``spread``."""
     f = FINE // GRID
     inner = max(0, coarse * f - 2 * f)              # well inside the coarse band
-    level = float(np.median(frames[:, : max(1, inner)]))
+    level = float(np.median(frames[:, max(0, inner - 2 * f): max(1, inner)]))   # the innermost layer's level
     y = inner
     stop = min(frames.shape[1] // 2, (coarse + 3) * f)
     while y < stop:
@@ -197,7 +212,13 @@ def refine(path: str | os.PathLike[str], coarse: Borders, ffmpeg: str | None = N
     fr = key_frames(path, ffmpeg=ffmpeg)
     if len(fr) == 0:
         return coarse
-    views = {"top": fr, "bottom": fr[:, ::-1], "left": fr.transpose(0, 2, 1), "right": fr.transpose(0, 2, 1)[:, ::-1]}
+    f = FINE // GRID
+    # each edge is scanned across the span between the perpendicular borders only (nested bars)
+    r0, r1 = int(round(coarse.top * GRID)) * f + f, FINE - int(round(coarse.bottom * GRID)) * f - f
+    c0, c1 = int(round(coarse.left * GRID)) * f + f, FINE - int(round(coarse.right * GRID)) * f - f
+    cols, rows = fr[:, :, c0:c1], fr[:, r0:r1, :]
+    views = {"top": cols, "bottom": cols[:, ::-1], "left": rows.transpose(0, 2, 1),
+             "right": rows.transpose(0, 2, 1)[:, ::-1]}
     out = {}
     for side, v in views.items():
         c = int(round(getattr(coarse, side) * GRID))

@@ -30,8 +30,11 @@ from typing import Sequence
 import numpy as np
 
 from engine.features import FeatureBatch, Signatures, TmkFeatures
-from engine.scoring import Scorer
+import torch
+
+from engine.scoring import Scorer, check_compatible
 from kernels import dihedral
+from kernels.score import level1
 
 MAIN, BORDERS = "main", "borders"
 
@@ -106,34 +109,82 @@ def better(a: tuple[float, float], b: tuple[float, float] | None, choose: str) -
 
 
 class RobustScorer:
-    """Best-variant scores of one needle against many items (brute force over the variants)."""
+    """Best-variant scores of one needle against many items (every variant of every allowed
+    signature pair; level-1 as one matrix, level-2 as batched pairs where level-1 passes)."""
 
-    def __init__(self, scorer: Scorer, transforms: Sequence[str] = dihedral.NAMES) -> None:
-        self.scorer, self.transforms = scorer, tuple(transforms)
+    def __init__(self, scorer: Scorer, transforms: Sequence[str] = dihedral.NAMES, pair_batch: int = 256) -> None:
+        self.scorer, self.transforms, self.pair_batch = scorer, tuple(transforms), pair_batch
+        self.searched = 0      # level-2 offset searches run (statistics)
 
     def one_to_many(self, needle: Signatures, items: Sequence[Signatures], c1: float = -1.0,
                     c2: float | None = None, choose: str = "level2") -> list[RobustResult | None]:
         """Per item, its best variant among those passing level-1 >= c1 (and level-2 >= c2 when
-        given); None where no variant passes.  Level-2 is computed only where level-1 passes."""
+        given); None where no variant passes.  Level-2 is computed only where level-1 passes; with
+        ``choose='min'`` also only for variants whose level-1 exceeds the item's best min(level-1,
+        level-2) so far (min <= level-1, so the others cannot win: the same result, fewer searches)."""
+        sc = self.scorer
         best: list[RobustResult | None] = [None] * len(items)
         variants = needle_variants(needle, self.transforms)
+        if not items or not variants:
+            return best
+        for f, _, _ in variants:
+            check_compatible(sc.params, f.params, f.name)
+        v_avg = sc._t(np.stack([f.avg for f, _, _ in variants]))
+        v_cos = sc._t(np.stack([f.cos for f, _, _ in variants]))
+        v_sin = sc._t(np.stack([f.sin for f, _, _ in variants]))
+        banks: dict[str, FeatureBatch] = {}
+        cands: list[list[tuple[float, int, int, str, int]]] = [[] for _ in items]  # (l1, order, v, kind, row)
+        order = 0
         for item_kind in (MAIN, BORDERS):
             idx = [i for i, it in enumerate(items) if item_kind == MAIN or it.borders is not None]
             if not idx:
                 continue
-            bank = FeatureBatch.stack([kinds_of(items[i])[item_kind] for i in idx])
-            for feats, t, nkind in variants:
-                allowed = [(nkind, item_kind) in signature_pairs(needle.borders is not None,
-                                                                  items[i].borders is not None) for i in idx]
-                if not any(allowed):
-                    continue
-                r = self.scorer.one_to_many(feats, bank, c1)
-                name = variant_name(t, nkind, item_kind)
-                for k, i in enumerate(idx):
-                    l1, l2 = float(r.level1[k]), float(r.level2[k])
-                    if not allowed[k] or not l1 >= c1 or (c2 is not None and not l2 >= c2):
-                        continue
+            bank = banks[item_kind] = FeatureBatch.stack([kinds_of(items[i])[item_kind] for i in idx])
+            check_compatible(sc.params, bank.params, "candidates")
+            l1 = level1(v_avg.unsqueeze(1), sc._t(bank.avg).unsqueeze(0)).cpu().numpy()      # [V, B]
+            for vi, (_, _, nk) in enumerate(variants):
+                for r, i in enumerate(idx):
+                    if (nk, item_kind) in signature_pairs(needle.borders is not None, items[i].borders is not None) \
+                            and l1[vi, r] >= c1:
+                        cands[i].append((float(l1[vi, r]), order, vi, item_kind, r))
+                        order += 1
+        if choose == "min":
+            for c in cands:
+                c.sort(key=lambda x: (-x[0], x[1]))
+        pending = [list(reversed(c)) for c in cands]         # pop() takes the next candidate
+        while True:
+            todo: list[tuple[int, tuple[float, int, int, str, int]]] = []
+            for i, pend in enumerate(pending):
+                if choose == "min":
                     cur = best[i]
-                    if better((l1, l2), None if cur is None else (cur.level1, cur.level2), choose):
-                        best[i] = RobustResult(l1, l2, r.offsets[k], name)
+                    floor = -np.inf if cur is None else min(cur.level1, _nan_low(cur.level2))
+                    while pend and not pend[-1][0] > floor and not (pend[-1][0] == floor and cur is not None
+                                                                    and np.isnan(cur.level2)):
+                        pend.clear()
+                    if pend:
+                        todo.append((i, pend.pop()))
+                else:
+                    todo += [(i, x) for x in reversed(pend)]
+                    pend.clear()
+            if not todo:
+                break
+            todo.sort(key=lambda t: t[1][1])                  # candidate order (item kind first)
+            self.searched += len(todo)
+            for kind in (MAIN, BORDERS):
+                part = [t for t in todo if t[1][3] == kind]
+                for s in range(0, len(part), self.pair_batch):
+                    chunk = part[s:s + self.pair_batch]
+                    pv = torch.tensor([x[2] for _, x in chunk], dtype=torch.int64, device=sc.device)
+                    pb = np.array([x[4] for _, x in chunk], dtype=np.int64)
+                    r, o = sc._kernel.level2(v_cos[pv], v_sin[pv], sc._t(banks[kind].cos[pb]),
+                                             sc._t(banks[kind].sin[pb]))
+                    l2s, offs = r.cpu().numpy(), o.cpu().numpy()
+                    for k, (i, (a, _, vi, _, _)) in enumerate(chunk):
+                        b = float(l2s[k])
+                        if c2 is not None and not b >= c2:
+                            continue
+                        cur = best[i]
+                        if better((a, b), None if cur is None else (cur.level1, cur.level2), choose):
+                            _, t, nk = variants[vi]
+                            best[i] = RobustResult(a, b, offs[k], variant_name(t, nk, kind))
         return best

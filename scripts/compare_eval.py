@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         tf = summ["rules"]["two_level"]["target_fpr"]
         cols.append((f"{name} @ {args.c1:g}/{args.c2:g}", rates(rows, args.c1, args.c2)))
         cols.append((f"{name} @ FPR<={summ['thresholds']['target_fpr']:g} (c1={tf['c1']:.4f}, c2={tf['c2']:.4f})",
-                     rates(rows, tf["c1"], tf["c2"])))
+                     rates(rows, round(tf["c1"], 6), round(tf["c2"], 6))))   # scores.csv has 6 decimals
     tags = sorted({t for _, r in cols for t in r})
     w = sys.stdout.write
     w("| transform | matches / non-matches | " + " | ".join(f"{c} match / false-match" for c, _ in cols) + " |\n")

@@ -127,3 +127,13 @@ def test_hash_borders_cli(robust_clips, tmp_path: Path) -> None:
     for n in ("a.tmk", "a_lbox.tmk"):
         assert (tmp_path / "b" / n).read_bytes() == (tmp_path / "p" / n).read_bytes()
     assert read_tmk(tmp_path / "b" / "a_lbox.borders.tmk").frame_count == read_tmk(tmp_path / "p" / "a_lbox.tmk").frame_count
+
+
+def test_nested_bars_of_two_colours() -> None:
+    """A blue letterbox added to a film that has black pillars: both layers are peeled off."""
+    f = np.empty((40, 64, 64, 3), np.uint8)
+    f[:] = np.array([30, 47, 109], np.uint8)
+    f[:, 10:54] = 0                                                              # the film's black pillars
+    f[:, 10:54, 12:52] = content(40, 44, 40, seed=5)
+    got = detect(f)
+    assert got is not None and got[:4] == (10, 10, 12, 12)
