@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +30,7 @@ from kernels.params import DEFAULT_PARAMS, TmkParams
 
 __all__ = [
     "SIGNAL_TYPE", "SignalError", "SignalLine", "encode", "decode_bytes", "decode",
-    "normalize", "parse_line", "read_signal_list",
+    "normalize", "parse_line", "read_signal_list", "iter_signal_list", "content_id", "validate_bytes",
 ]
 
 #: pytx / HMA name of the signal type.
@@ -91,6 +93,17 @@ def decode_bytes(s: str, where: str = "<signal>", params: TmkParams | None = DEF
     return data
 
 
+def validate_bytes(data: bytes, where: str = "<bytes>", params: TmkParams | None = DEFAULT_PARAMS) -> TmkFeatures:
+    """The signature a `.tmk` file image holds, validated as in `decode_bytes` (SignalError otherwise)."""
+    return _validate(data, where, params)
+
+
+def content_id(data: bytes) -> str:
+    """An id derived from a signature's bytes (first 16 hex digits of their SHA-256), for
+    signals that arrive without one: the same signature gets the same id everywhere."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def _validate(data: bytes, where: str, params: TmkParams | None) -> TmkFeatures:
     if len(data) < HEADER.size:
         raise SignalError(where, f"too short: {len(data)} bytes decoded, a .tmk header alone is {HEADER.size}")
@@ -147,25 +160,47 @@ def parse_line(line: str, lineno: int = 0) -> SignalLine | None:
     return SignalLine(lineno, sig, ident.strip() if tab and ident.strip() else None)
 
 
-def read_signal_list(path: str | os.PathLike[str]) -> Iterator[SignalLine]:
-    """The entries of a signal list file, streamed; errors name the file (and line)."""
+def _open_list(path: str | os.PathLike[str], mode: str, **kw: str):
     try:
-        fh = open(path, "r", encoding="ascii", newline="")
+        return open(path, mode, **kw)
     except FileNotFoundError:
         raise SignalError(path, "no such file") from None
     except IsADirectoryError:
         raise SignalError(path, "is a directory") from None
     except OSError as e:
         raise SignalError(path, e.strerror or str(e)) from None
-    with fh:
-        n = 0
-        try:
-            for n, line in enumerate(fh, 1):
-                try:
-                    entry = parse_line(line, n)
-                except SignalError as e:
-                    raise SignalError(f"{Path(path)}:{n}", e.reason) from None
-                if entry is not None:
-                    yield entry
-        except UnicodeDecodeError:
-            raise SignalError(f"{Path(path)}:{n + 1}", "not ASCII text") from None
+
+
+def iter_signal_list(path: str | os.PathLike[str]) -> Iterator[SignalLine | SignalError]:
+    """Every entry of a signal list, streamed, with a bad line yielded as its SignalError
+    (``<file>:<line>: <reason>``) instead of ending the stream, so a batch can go on.
+
+    ``-`` reads standard input.  The signals themselves are not decoded here.
+    """
+    where = "<stdin>" if str(path) == "-" else str(Path(path))
+    fh = sys.stdin.buffer if str(path) == "-" else _open_list(path, "rb")
+    try:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("ascii")
+            except UnicodeDecodeError:
+                yield SignalError(f"{where}:{n}", "not ASCII text")
+                continue
+            try:
+                entry = parse_line(line, n)
+            except SignalError as e:
+                yield SignalError(f"{where}:{n}", e.reason)
+                continue
+            if entry is not None:
+                yield entry
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
+
+
+def read_signal_list(path: str | os.PathLike[str]) -> Iterator[SignalLine]:
+    """The entries of a signal list file, streamed; the first bad line raises (naming file and line)."""
+    for entry in iter_signal_list(path):
+        if isinstance(entry, SignalError):
+            raise entry
+        yield entry

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -67,9 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--nlist", type=int, help="ivf: inverted lists (0: about 4*sqrt(N) of the first add)")
     c.add_argument("--nprobe", type=int, help="ivf: lists probed per query")
     c.set_defaults(func=run_create)
-    a = isub.add_parser("add", help="add .tmk files, folders of them, or videos (id = file stem)")
+    a = isub.add_parser("add", help="add .tmk files, folders of them, or videos (id = file stem)",
+                        description="Add signatures in one transaction (a bad input adds nothing): .tmk files, "
+                                    "folders of them or videos (id = file stem), or a list of hash strings "
+                                    "(--signals: '[tmk_pdqf ]SIGNAL[<TAB>ID]' per line; id = the ID column, "
+                                    "else the first 16 hex digits of the SHA-256 of the .tmk bytes).")
     a.add_argument("index", metavar="INDEX")
-    a.add_argument("paths", nargs="+", metavar="PATH")
+    a.add_argument("paths", nargs="*", metavar="PATH")
+    a.add_argument("--signals", metavar="LIST", help="add the hash strings of a signal list file")
     a.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for hashing videos")
     a.add_argument("--no-borders", action="store_true",
                    help="videos: do not detect borders (by default a video with letterbox / pillarbox / "
@@ -105,6 +111,10 @@ def run_create(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     ic = index_config(cfg)
+    if bool(args.paths) == bool(args.signals):
+        raise CliError("index add: give either PATH... or --signals LIST", 2)
+    if args.signals:
+        return _add_signals(args, ic)
     paths = iter_tmk_paths(args.paths)
     for p in paths:
         if not p.exists():
@@ -118,6 +128,20 @@ def run_add(args: argparse.Namespace) -> int:
         bar = Progress(len(paths), "index add", "file")
         try:
             n = ix.add_paths(paths, hasher=hasher, progress=bar.update, workers=ic["add_workers"])
+        finally:
+            bar.close()
+        bar.write(f"vmatch: added {n} items to {args.index} (now {len(ix)})")
+    return 0
+
+
+def _add_signals(args: argparse.Namespace, ic: dict[str, Any]) -> int:
+    if not Path(args.signals).is_file():
+        raise CliError(f"{args.signals}: {'is a directory' if Path(args.signals).is_dir() else 'no such file'}")
+    with cli_errors():
+        ix = VideoIndex(args.index, device="cpu")
+        bar = Progress(None, "index add", "signal")
+        try:
+            n = ix.add_signal_list(args.signals, progress=bar.update, workers=ic["add_workers"])
         finally:
             bar.close()
         bar.write(f"vmatch: added {n} items to {args.index} (now {len(ix)})")

@@ -145,3 +145,66 @@ def build_searcher(kind: str, vectors: np.ndarray, device: torch.device, trained
         gpu.res_ref = res  # keep the resources alive with the index
         return GrowingKnn(gpu, cpu)
     return cpu
+
+
+class GrowingRows:
+    """A float32 [capacity, d] buffer whose first rows are shared by successive shard views.
+
+    A view of n rows never reads past row n, so appending after the last row written is invisible
+    to existing views; only the newest view may append (an older one copies), and capacity
+    doubles, so appending N rows one commit at a time copies O(N) rows in all.
+    """
+
+    def __init__(self, buf: np.ndarray, filled: int) -> None:
+        self.buf, self.filled = buf, filled
+
+    @classmethod
+    def wrap(cls, rows: np.ndarray) -> "GrowingRows":
+        return cls(rows, len(rows))
+
+    def view(self, n: int) -> np.ndarray:
+        return self.buf[:n]
+
+    def extend(self, n: int, parts: Sequence[np.ndarray]) -> "GrowingRows":
+        """The buffer holding these n rows then `parts` (this one when it can grow in place)."""
+        add = sum(len(p) for p in parts)
+        target = self
+        if n != self.filled or n + add > len(self.buf) or not self.buf.flags.writeable:
+            cap = max(n + add, 2 * n, 1024)
+            buf = np.empty((cap, self.buf.shape[1]), np.float32)
+            buf[:n] = self.buf[:n]
+            target = GrowingRows(buf, n)
+        at = n
+        for p in parts:
+            target.buf[at:at + len(p)] = p
+            at += len(p)
+        target.filled = at
+        return target
+
+
+class Appended:
+    """A searcher over rows [0, n): `base` answers its first rows, the rest are scanned exactly."""
+
+    def __init__(self, base: Coarse, rows: np.ndarray, chunk: int = 1 << 16) -> None:
+        self.base, self.rows, self.chunk = base, rows, chunk
+        self.ntotal = len(rows)
+
+    def search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        lims, rows = self.base.search(q, threshold)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        found = [[rows[lims[i]:lims[i + 1]]] for i in range(len(q))]
+        for s in range(self.base.ntotal, self.ntotal, self.chunk):
+            hit = np.nonzero(q @ self.rows[s:min(s + self.chunk, self.ntotal)].T >= threshold - SLACK)
+            for i in range(len(q)):
+                found[i].append(hit[1][hit[0] == i].astype(np.int64) + s)
+        return _csr([np.concatenate(f) for f in found])
+
+
+def appended(searcher: Coarse, rows: np.ndarray, device: torch.device) -> Coarse:
+    """A flat searcher over `rows` (the old searcher's rows plus new ones after them) without
+    rebuilding: new rows are scanned exactly until they are a quarter of the base, then the
+    base is rebuilt over all rows (amortised O(1) copies per row)."""
+    base = searcher.base if isinstance(searcher, Appended) else searcher
+    if len(rows) - base.ntotal > max(4096, base.ntotal // 4):
+        return build_searcher("flat", rows, device)
+    return Appended(base, rows)

@@ -8,6 +8,7 @@ writer killed at any point leaves the previous manifest, i.e. the previous index
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from engine import signals
 from engine.features import Signatures, TmkFeatures
 from engine.index import borders as borders_mod
 from engine.index import coarse as coarse_mod
@@ -147,6 +149,40 @@ class _Shard(_ShardBase):
         trained = read_checked(root, m.ivf_trained) if (m.coarse == "ivf" and m.ivf_trained) else None
         ivfs = [(read_checked(root, s.ivf), int(f)) for s, f in zip(segs, self.first) if s.ivf is not None]
         self.searcher = coarse_mod.build_searcher(m.coarse, self.l1, device, trained, ivfs, nprobe)
+        self._l1buf = coarse_mod.GrowingRows.wrap(self.l1)
+        self.built_from = [(s.name, len(s.deleted)) for s in segs]
+
+    def extended(self, root: Path, m: Manifest, sid: int, device: torch.device, verify_reads: bool,
+                 nprobe: int) -> "_Shard | None":
+        """This shard at manifest `m`, reusing what is loaded: None if `m` is not this shard's
+        segments plus new ones (a compaction), or the index is IVF (its lists are rebuilt on load).
+
+        Only the new segments are read; their level-1 rows are appended to a shared growing
+        buffer (readers of this shard only see its first n rows) and searched exactly until
+        they are worth merging into the faiss searcher; new tombstones only change the mask.
+        This object is left as it was, so queries running on it are not disturbed.
+        """
+        segs = m.segments[sid]
+        if m.coarse != "flat" or [s.name for s in segs[:len(self.built_from)]] != \
+                [n for n, _ in self.built_from]:
+            return None
+        if len(segs) == len(self.built_from) and all(len(s.deleted) == k for s, (_, k) in zip(segs, self.built_from)):
+            return self
+        new = [SegmentReader(root, s, m.params, m.store, verify_reads) for s in segs[len(self.built_from):]]
+        out = _Shard.__new__(_Shard)
+        out.readers = self.readers + new
+        out.first = np.concatenate([self.first, self.n + np.cumsum([s.count for s in segs[len(self.built_from):]])
+                                    ]).astype(np.int64)
+        out.n = int(out.first[-1])
+        out._l1buf = self._l1buf.extend(self.n, [r.load_l1() for r in new])
+        out.l1 = out._l1buf.view(out.n)
+        out.ids = self.ids + [i for r in new for i in r.ids]
+        out.deleted = np.zeros(out.n, dtype=bool)
+        for s, f in zip(segs, out.first):
+            out.deleted[np.asarray(s.deleted, dtype=np.int64) + f] = True
+        out.searcher = coarse_mod.appended(self.searcher, out.l1, device)
+        out.built_from = [(s.name, len(s.deleted)) for s in segs]
+        return out
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Store rows for sorted shard rows, gathered segment by segment."""
@@ -180,6 +216,7 @@ class VideoIndex:
         self._scorer = PairScorer(self.params, self.device, **({"grid": grid} if grid else {}))
         self._shards: list[_ShardBase] | None = None
         self._where: dict[str, tuple[int, int]] | None = None
+        self._where_shared = False    # the dict is also a snapshot's: copy before changing it
         self._border_table: borders_mod.BorderTable | None = None
         self._memory = False
         #: How long a writer waits for another process's add or remove to commit.
@@ -224,7 +261,7 @@ class VideoIndex:
         self.params = params
         self._scorer = PairScorer(params, self.device)
         self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
-        self._where, self._memory = None, True
+        self._where, self._memory, self._where_shared = None, True, False
         self._border_table = None
         self.last_stats = QueryStats()
         return self
@@ -241,6 +278,71 @@ class VideoIndex:
         if self._border_table is None:
             self._border_table = borders_mod.BorderTable(self.root, self.manifest, self.params, self.verify_reads)
         return self._border_table
+
+    def refresh(self) -> bool:
+        """Pick up new commits incrementally (the cheap form of `reload` for long-lived readers):
+        shards that only gained segments or tombstones read just the new segment files; a shard
+        rewritten by `compact` (or any IVF shard) is loaded afresh.  Always re-reads the manifest;
+        returns whether the loaded view changed.  Objects returned by `snapshot` are unaffected.
+        """
+        if self._memory:
+            return False
+        m = read_manifest(self.root)
+        self.manifest = m
+        self._border_table = None     # re-read from the new manifest when --robust needs it
+        if self._shards is None:
+            self._where = None
+            return True
+        nprobe = self._nprobe or m.ivf_nprobe
+        shards: list[_ShardBase] = []
+        changed = False
+        for sid, old in enumerate(self._shards):
+            sh = old.extended(self.root, m, sid, self.device, self.verify_reads, nprobe) \
+                if isinstance(old, _Shard) else None
+            if sh is None:
+                sh, self._where = _Shard(self.root, m, sid, self.device, self.verify_reads, nprobe), None
+            if sh is not old:
+                changed = True
+                if self._where is not None:
+                    self._update_where(sid, old, sh)
+            shards.append(sh)
+        self._shards = shards
+        return changed
+
+    def _update_where(self, sid: int, old: _ShardBase, new: _ShardBase) -> None:
+        if self._where_shared:
+            self._where, self._where_shared = dict(self._where or {}), False
+        where = self._where
+        assert where is not None
+        for r in np.nonzero(new.deleted[:old.n] & ~old.deleted)[0]:
+            if where.get(new.ids[r]) == (sid, int(r)):
+                del where[new.ids[r]]
+        for r in range(old.n, new.n):
+            if not new.deleted[r]:
+                where[new.ids[r]] = (sid, r)
+
+    def snapshot(self) -> "VideoIndex":
+        """A read-only view of the state loaded now, sharing its memory; later `refresh` calls
+        on this object do not change it (a server swaps snapshots in while lookups run)."""
+        self._state()
+        view = copy.copy(self)
+        view._shards = list(self._shards or [])
+        self._where_shared = view._where_shared = True
+        view.last_stats = QueryStats()
+        return view
+
+    def item_info(self, item_id: str) -> dict[str, object]:
+        """The stored columns of one live item: id, source, frame_count, content_hash, time_added."""
+        where, shards = self._locations(), self._state()
+        if item_id not in where:
+            raise KeyError(f"{self.root}: no item {item_id!r} in the index")
+        si, r = where[item_id]
+        sh = shards[si]
+        if not isinstance(sh, _Shard):
+            return {"id": item_id}
+        seg, local = sh.locate(r)
+        cols = json.loads(read_checked(self.root, sh.readers[seg].seg.ids))
+        return {k: cols[k][local] for k in ("id", "source", "frame_count", "content_hash", "time_added")}
 
     def _state(self) -> list[_ShardBase]:
         if self._shards is None:
@@ -262,7 +364,7 @@ class VideoIndex:
     def _locations(self) -> dict[str, tuple[int, int]]:
         """id -> (shard, row) of every live item."""
         if self._where is None:
-            self._where = {}
+            self._where, self._where_shared = {}, False
             for si, sh in enumerate(self._state()):
                 for r in sh.live_rows():
                     self._where[sh.ids[r]] = (si, int(r))
@@ -344,12 +446,12 @@ class VideoIndex:
                         raise IndexFormatError(self.root, f"another process has been writing to this index "
                                                           f"for over {self.lock_timeout_s:g} s") from None
                     time.sleep(0.05)
-            self.reload()
+            self.refresh()        # incremental: an add does not reload the whole index
             self._remove_orphans(self.manifest)
             yield self.manifest
         finally:
             os.close(fd)
-            self.reload()
+            self.refresh()
 
     def _remove_orphans(self, m: Manifest) -> None:
         """Delete files no manifest lists (a crashed writer's) and retired files past their grace."""
@@ -416,6 +518,47 @@ class VideoIndex:
                     hasher = VideoHasher(self.params)
                 jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
+
+    def add_signal_list(self, path: str | os.PathLike[str], progress: ProgressFn | None = None,
+                        workers: int = 8) -> int:
+        """Add the signals of a list file (``[tmk_pdqf ]SIGNAL[<TAB>ID]`` per line, engine.signals)
+        in one transaction: any bad line, duplicate or existing id adds nothing.
+
+        An entry without an id gets `signals.content_id` of its bytes.  The list is read twice
+        (ids first, then each signal again by its byte offset when it is stored), so memory
+        holds one batch of signatures, not the whole list.
+        """
+        where = str(Path(path))
+        ids, sources, offsets = [], [], []
+        with open(path, "rb") as fh:
+            pos = 0
+            for n, raw in enumerate(fh, 1):
+                at, start, pos = f"{where}:{n}", pos, pos + len(raw)
+                try:
+                    entry = signals.parse_line(raw.decode("ascii"), n)
+                except UnicodeDecodeError:
+                    raise signals.SignalError(at, "not ASCII text; nothing was added") from None
+                except signals.SignalError as e:
+                    raise signals.SignalError(at, f"{e.reason}; nothing was added") from None
+                if entry is None:
+                    continue
+                try:
+                    data = signals.decode_bytes(entry.signal, at, self.params)
+                except signals.SignalError as e:
+                    raise signals.SignalError(at, f"{e.reason}; nothing was added") from None
+                ids.append(entry.id if entry.id is not None else signals.content_id(data))
+                sources.append(at)
+                offsets.append(start)
+
+        def load(at: str, offset: int) -> TmkFeatures:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                entry = signals.parse_line(fh.readline().decode("ascii"))
+            assert entry is not None, at
+            return signals.decode(entry.signal, at, self.params)
+
+        jobs = [lambda a=a, o=o: load(a, o) for a, o in zip(sources, offsets)]
+        return self._add_jobs(ids, sources, jobs, progress, workers)
 
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures | Signatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
@@ -619,6 +762,11 @@ class VideoIndex:
 
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
+        if len(firsts) == 1:      # one batch (a typical lookup): nothing to overlap, no threads to start
+            pos = order[starts[0]:starts[1]]
+            with self._compute_threads():
+                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2)
+            return l2, offs
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
             for b, s in enumerate(firsts):

@@ -90,7 +90,7 @@ def _update(best: Best, bs: _Bases, var: np.ndarray, ids: Sequence[str], l1: np.
 def _blocked_bank(holder: object, l1: np.ndarray, device: torch.device) -> torch.Tensor:
     """The level-1 matrix in parity-block order on the device, cached on its shard / table."""
     t = getattr(holder, "_robust_blocked", None)
-    if t is None:
+    if t is None or t.shape[1] != len(l1):
         t = torch.from_numpy(dihedral.blocked(l1)).to(device)
         setattr(holder, "_robust_blocked", t)
     return t

@@ -27,3 +27,14 @@ def test_index_command_names_the_missing_package(tmp_path):
     r = run("index", "create", str(tmp_path / "ix"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("vmatch: 'index' needs the Python package 'faiss'")
+
+
+def test_serve_names_its_extra_when_fastapi_is_missing(tmp_path):
+    script = ("import sys, importlib.util\nreal = importlib.util.find_spec\n"
+              "importlib.util.find_spec = lambda n, *a: None if n == 'fastapi' else real(n, *a)\n"
+              "from engine.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", script, "serve", "--data", str(tmp_path)], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("vmatch: 'serve' needs the Python package 'fastapi', which is not installed "
+                                "(pip install -e \".[cpu,serve]\")")

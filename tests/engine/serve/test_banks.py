@@ -1,0 +1,82 @@
+"""BankStore in-process: readiness, group commits, ids, read views, another process's commits."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from engine.index import VideoIndex
+from engine.serve.banks import BankError, BankStore
+from engine.serve.hashing import HashPool
+from engine.serve.service import LocalService
+from engine.synthetic import random_signatures
+
+
+def started(path, **kw) -> BankStore:
+    s = BankStore(path, device="cpu", **kw)
+    s.start()
+    assert s.ready.wait(60)
+    return s
+
+
+def test_not_ready_until_loaded(tmp_path):
+    s = BankStore(tmp_path / "d", device="cpu")
+    with pytest.raises(BankError) as e:
+        s.check_ready()
+    assert e.value.status == 503
+    svc = LocalService(s, HashPool(lambda: None))
+    assert asyncio.run(svc.ready()) == "INDEX-NOT-LOADED"       # GET /status answers 503
+    s.start()
+    assert s.ready.wait(60) and asyncio.run(svc.ready()) is None
+    asyncio.run(svc.close())
+
+
+def test_concurrent_adds_are_group_committed_with_unique_ids(tmp_path):
+    s = started(tmp_path / "d")
+    s.create_bank("G").result()
+    sigs = random_signatures(40, seed=3)
+    futs, lock = [], threading.Lock()
+
+    def add(f):
+        fut = s.add("G", [(f, None, None)])
+        with lock:
+            futs.append(fut)
+
+    threads = [threading.Thread(target=add, args=(f,)) for f in sigs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = sorted(i for f in futs for i in f.result(60))
+    assert ids == list(range(ids[0], ids[0] + 40))                # unique, none lost
+    assert s.bank("G").size == 40
+    segments = VideoIndex(tmp_path / "d" / "G" / "index").info()["segments"]
+    assert segments < 40                                          # fewer commits than adds
+    s.close()
+    s2 = started(tmp_path / "d")                                  # ids continue after a restart
+    assert s2.add("G", [(sigs[0], None, None)]).result(60)[0] > ids[-1]
+    s2.close()
+
+
+def test_commits_by_another_process_are_picked_up(tmp_path):
+    s = started(tmp_path / "d", poll_s=0.05)
+    s.create_bank("EXT").result()
+    reader = started(tmp_path / "d", writable=False, poll_s=0.05)   # e.g. a Ray matcher replica
+    f = random_signatures(1, seed=8)[0]
+    ix = VideoIndex(tmp_path / "d" / "EXT" / "index", device="cpu")   # like `vmatch index add`
+    ix.add([f], ids=["900000"])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if all(st.banks.get("EXT") and st.bank("EXT").size == 1 for st in (s, reader)):
+            break
+        time.sleep(0.02)
+    for st in (s, reader):
+        got = st.lookup([f], ["EXT"])[0]
+        assert [(b, m.id) for b, m in got] == [("EXT", "900000")]
+    with pytest.raises(BankError) as e:
+        reader.add("EXT", [(f, None, None)])
+    assert e.value.status == 405
+    s.close()
+    reader.close()
