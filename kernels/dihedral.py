@@ -190,9 +190,11 @@ def all_dots(bank4: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     nb = x.shape[0]
     both = torch.cat([x, x.index_select(-1, tperm)], 0).index_select(-1, o)   # [2B, 256] in block order
     parts = torch.bmm(both.view(2 * nb, 4, 64).transpose(0, 1), bank4.transpose(1, 2))   # [4, 2B, N]
-    parts = parts.view(4, 2, nb, -1)                                          # [block, transposed?, B, N]
+    n = parts.shape[-1]
+    parts = parts.reshape(4, 2, nb * n)                                       # [block, transposed?, B*N]
     s = torch.from_numpy(signs.copy()).to(dev, dt)                            # [8, 4]
-    tr = torch.from_numpy(transposed.astype(np.int64)).to(dev)
-    # out[g] = sum_b s[g, b] * parts[b, tr[g]]
-    sel = parts[:, tr]                                                        # [4, 8, B, N]
-    return torch.einsum("gb,bgkn->gkn", s, sel)
+    out = torch.empty((len(NAMES), nb * n), dtype=dt, device=dev)
+    for t in (False, True):     # out[g] = sum_b s[g, b] * parts[b, transposed[g]]: a [4, 4] x [4, B*N] product
+        g = torch.from_numpy(np.nonzero(transposed == t)[0]).to(dev)
+        out[g] = s[g] @ parts[:, int(t)]
+    return out.view(len(NAMES), nb, -1)

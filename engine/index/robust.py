@@ -96,11 +96,12 @@ def _blocked_bank(holder: object, l1: np.ndarray, device: torch.device) -> torch
     return t
 
 
-def _variant_candidates(bs: _Bases, bank: torch.Tensor, c1: float, rows_chunk: int = 1 << 16
+def _variant_candidates(bs: _Bases, bank: torch.Tensor, c1: float, cells: int = 1 << 21
                         ) -> tuple[np.ndarray, np.ndarray]:
     """(variant, bank row) of every variant dot product >= c1 - SLACK (all 8 transforms at once)."""
     vs, rs = [], []
     base = torch.from_numpy(bs.unit)
+    rows_chunk = max(256, cells // max(1, len(bs.unit)))      # bounded [8, B, rows] similarity blocks
     for s in range(0, bank.shape[1], rows_chunk):
         sims = dihedral.all_dots(bank[:, s:s + rows_chunk], base)              # [8, B, n]
         t, b, r = (sims >= c1 - coarse_mod.SLACK).nonzero(as_tuple=True)
