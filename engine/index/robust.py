@@ -156,8 +156,10 @@ def _match_chunk(ix: "VideoIndex", sigs: Sequence[Signatures], c1: float, c2: fl
     table = ix.border_table()
     bids = set(table.row_of)
     where = ix._locations()
-    # --- the shards (items as hashed)
-    pairs = _level1(ix, bs, c1)
+    # --- the shards (items as hashed); torch threads as for level-2 (spinning threads next to
+    # faiss's stall small products on few cores: docs/benchmarks.md)
+    with ix._compute_threads():
+        pairs = _level1(ix, bs, c1)
     keep = np.ones(len(pairs.needle), dtype=bool)
     if len(pairs.needle) and (bs.has_borders.any() and bids or rank is not None):
         item_ids = [shards[s].ids[r] for s, r in zip(pairs.shard, pairs.row)]
@@ -183,7 +185,8 @@ def _match_chunk(ix: "VideoIndex", sigs: Sequence[Signatures], c1: float, c2: fl
         if c1 - coarse_mod.SLACK <= -1.0:
             v, rows = np.repeat(np.arange(len(bs.var_unit)), len(live)), np.tile(live, len(bs.var_unit))
         else:
-            v, j = _variant_candidates(bs, torch.from_numpy(dihedral.blocked(table.l1[live])), c1)
+            with ix._compute_threads():
+                v, j = _variant_candidates(bs, torch.from_numpy(dihedral.blocked(table.l1[live])), c1)
             rows = live[j]
         exact, sel = _exact(bs, v, table.l1[rows], c1)
         v, rows, exact = v[sel], rows[sel], exact[sel]
