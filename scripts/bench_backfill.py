@@ -122,7 +122,9 @@ def ratio_mode(videos: list[Path], folder: Path, args: argparse.Namespace) -> in
                "hash_median_s": round(statistics.median(hash_t), 2),
                "backfill_median_s": round(statistics.median(fill_t), 2),
                "ratio": round(statistics.median(hash_t) / statistics.median(fill_t), 2),
-               "backfill_hash_phase_s": s["hash_seconds"], "byte_identical": True}
+               "backfill_hash_phase_s": s["hash_seconds"], "byte_identical": True,
+               "kind": "whole process, both commands (ratio); hash phase: inside the backfill run, not comparable",
+               "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
         print(json.dumps(res))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -147,7 +149,11 @@ def actors_mode(folder: Path, args: argparse.Namespace) -> int:
                 print(json.dumps({"variant": name, "decode_actors": n, "videos": s["done"], "frames": s["frames"],
                                   "wall_s": round(dt, 2), "run_s": s["seconds"], "hash_phase_s": s["hash_seconds"],
                                   "frames_per_s": s["frames_per_s"], "hash_phase_frames_per_s": s["hash_frames_per_s"],
-                                  "feature_workers": s["feature_workers"], "mode": s["mode"]}), flush=True)
+                                  "feature_workers": s["feature_workers"], "mode": s["mode"],
+                                  "kind": ("run: Python API, Ray start/stop included" if args.inprocess else
+                                           "run: the whole backfill command") + "; hash phase: first worker "
+                                          "ready to last result (not the whole run)",
+                                  "load_avg": [round(x, 2) for x in os.getloadavg()]}), flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

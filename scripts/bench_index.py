@@ -6,14 +6,22 @@ CPU, on disk (the default):
     python scripts/bench_index.py --items 20000 --store fp32 --workdir /tmp/vmatch-bench [--ivf-recall]
 
 writes N perturbed `.tmk` files (kept in --workdir for reruns), then measures `index add`
-(files/s), bytes on disk per hash, resident memory per hash, one needle at c1 = -1 end to end
-(every item scored at level-2; c2 = 0 and c2 = 0.7) against the reference tmk-query figure,
-a needle batch at c1 = c2 = 0.7, and optionally IVF recall against flat.
+(files/s), bytes on disk per hash, resident memory per hash, one needle at c1 = -1 in process
+(every item scored at level-2; c2 = 0 and c2 = 0.7; labelled in_process), the whole
+`vmatch query` command on the full index, a needle batch at c1 = c2 = 0.7, and optionally IVF
+recall against flat.  Side by side with the reference tools (built by tests/oracle.py), both as
+whole processes on the same first --compare-items files, outputs compared, several runs:
+`tmk-query` against `vmatch query` (one needle, c1 = -1, c2 = 0) and `tmk-clusterize` against
+`vmatch cluster` (c1 = c2 = 0.7).  Without the reference tools the README constants are
+printed instead, labelled as a fallback.
 
 GPU, in memory (the bank is generated on the device; 1M fp16 rows are 131 GB, more than the
 GPU machine's disk):
 
     python scripts/bench_index.py --device cuda --items 1000000 --store fp16 --needles 1000
+
+Its baseline runs in the same benchmark: the same queries on the first --baseline-items rows,
+in memory on the CPU and on the device (both in process), and their ratio.
 
 Bank: item i perturbs real hash i mod 15 (engine/synthetic.py); a fraction
 --near-fraction are near copies (cosine ~0.96 to their base), the rest far (~0.3), so a
@@ -35,7 +43,6 @@ import gc
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +52,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _oracle import FALLBACK_NOTE, machine, oracle, ratio, run_timed, spread, vmatch_cmd  # noqa: E402
 
 from engine.features import Signatures, TmkFeatures  # noqa: E402
 from engine.index import VideoIndex  # noqa: E402
@@ -53,7 +63,8 @@ from engine.synthetic import mixed_strengths, perturb_rows  # noqa: E402
 from engine.tmkfile import iter_tmk_paths, read_many, to_bytes  # noqa: E402
 from kernels.device import resolve_device  # noqa: E402
 
-#: Reference tmk-query on the 2-core CI machine (shared/reference/threatexchange/README.md).
+#: Reference tmk-query on the 2-core CI machine (shared/reference/threatexchange/README.md):
+#: fallback only, when the reference tools cannot be run side by side.
 REF_MS_PER_PAIR = 4.7
 REF_LOAD_S_PER_10K = 2.55
 
@@ -129,11 +140,13 @@ def make_bank_files(bases: list[TmkFeatures], folder: Path, n: int, near_fractio
 
 
 def needles_from(ix: VideoIndex, rows_of, near_ids: np.ndarray, far_ids: np.ndarray, q: int, seed: int,
-                 names: list[str]) -> list[TmkFeatures]:
+                 names: list[str], picked: list[int] | None = None) -> list[TmkFeatures]:
     """q near copies (strength 0.3) of bank items, half near items, half far ones."""
     rng = np.random.default_rng(seed + 1)
     pick = np.concatenate([rng.choice(near_ids, q // 2) if len(near_ids) else rng.choice(far_ids, q // 2),
                            rng.choice(far_ids, q - q // 2)])
+    if picked is not None:
+        picked.extend(int(i) for i in pick)
     gen = torch.Generator().manual_seed(seed + 2)
     out = []
     for k, i in enumerate(pick):
@@ -211,7 +224,9 @@ def bench_memory(args: argparse.Namespace, bases: list[TmkFeatures], device: tor
     ix = VideoIndex.in_memory(names, unit, rows, bases[0].params, device, batch_rows=args.batch_rows)
     strengths = mixed_strengths(args.items, args.near_fraction, args.seed)
     near, far = np.nonzero(strengths < 1)[0], np.nonzero(strengths >= 1)[0]
-    needles = needles_from(ix, lambda i: (unit[i], rows[i]), near, far, args.needles, args.seed, names)
+    needle_rows: list[int] = []
+    needles = needles_from(ix, lambda i: (unit[i], rows[i]), near, far, args.needles, args.seed, names,
+                           picked=needle_rows)
     t0 = time.perf_counter()
     ix.query(needles[:8], args.c1, args.c2)           # warm-up: CUDA context, kernels, search structures
     warm = time.perf_counter() - t0
@@ -222,6 +237,22 @@ def bench_memory(args: argparse.Namespace, bases: list[TmkFeatures], device: tor
     if args.robust:
         out["robust_one_needle"] = robust_vs_plain(ix, needles[:1], args.c1, args.c2, args.repeats)
         out["robust_batch"] = robust_vs_plain(ix, needles, args.c1, args.c2, args.repeats)
+    k = min(args.baseline_items, args.items)
+    if k > 0:   # baseline: the same queries on the first k rows, in memory on the CPU and on the device
+        sub_needles = [n for n, i in zip(needles, needle_rows) if i < k] or needles[:1]
+        res = {}
+        for name, dev in (("cpu", torch.device("cpu")), ("device", device)):
+            sub = VideoIndex.in_memory(names[:k], unit[:k], rows[:k].to(dev), bases[0].params, dev,
+                                       batch_rows=512 if dev.type == "cpu" else args.batch_rows)
+            sub.query(sub_needles[:2], args.c1, args.c2)
+            res[name] = min((timed_query(sub, sub_needles, args.c1, args.c2) for _ in range(max(1, args.repeat))),
+                            key=lambda r: r["seconds"])      # best of --repeat runs
+            del sub
+        out["baseline_same_queries_first_rows"] = {
+            "items": k, "needles": len(sub_needles), "cpu_in_memory": res["cpu"], "device_in_memory": res["device"],
+            "matches_equal": res["cpu"]["matches"] == res["device"]["matches"],
+            "speedup_device_vs_cpu": round(res["cpu"]["seconds"] / res["device"]["seconds"], 2),
+            "note": "in-process, same bank rows and needles on both"}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
         out["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -261,19 +292,20 @@ def bench_disk(args: argparse.Namespace, bases: list[TmkFeatures], device: torch
             res = ix.query([needle], -1.0, c2)
             dt = time.perf_counter() - t0
             trim()
-            ref = args.items * REF_MS_PER_PAIR / 1000 + args.items / 10000 * REF_LOAD_S_PER_10K
-            out[f"one_needle_c1=-1_c2={c2}_verify={verify}"] = {
+            out[f"in_process_one_needle_c1=-1_c2={c2}_verify={verify}"] = {
                 "seconds_open_and_query": round(dt, 3), "us_per_pair": round(dt / args.items * 1e6, 1),
                 "level2_scored": ix.last_stats.scored, "matches": len(res[0]),
-                "reference_seconds": round(ref, 1), "speedup": round(ref / dt, 1),
                 "rss_anon_bytes_per_hash_open": round((rss_open - rss0) / args.items),
                 "rss_anon_bytes_per_hash_after_query": round((rss_anon() - rss0) / args.items)}
             del ix
-    t0 = time.perf_counter()
-    cli = subprocess.run([sys.executable, "-m", "engine.cli", "query", str(ix_path), str(files[0]), "--c1", "-1",
-                          "--c2", "0", "--device", str(device.type)], cwd=REPO, capture_output=True, text=True)
-    out["cli_one_needle_c1=-1_c2=0"] = {"seconds_process": round(time.perf_counter() - t0, 2),
-                                        "lines": len(cli.stdout.splitlines()), "rc": cli.returncode}
+    times = []
+    for _ in range(args.repeat):
+        dt, stdout = run_timed(vmatch_cmd("query", ix_path, files[0], "--c1", "-1", "--c2", "0",
+                                          "--device", device.type))
+        times.append(dt)
+    out["whole_process_vmatch_query_one_needle_c1=-1_c2=0"] = {"seconds": spread(times, 3),
+                                                               "lines": len(stdout.splitlines())}
+    out["side_by_side"] = side_by_side(args, files, work, device)
     ix = VideoIndex(ix_path, device=device, batch_rows=args.batch_rows)
     strengths = mixed_strengths(args.items, args.near_fraction, args.seed)
     near, far = np.nonzero(strengths < 1)[0], np.nonzero(strengths >= 1)[0]
@@ -293,6 +325,74 @@ def bench_disk(args: argparse.Namespace, bases: list[TmkFeatures], device: torch
     if args.ivf_recall:
         out["ivf"] = ivf_recall(args, files, ix, needles, work)
     return out
+
+
+def _query_table(text: bytes) -> dict[str, tuple[float, float]]:
+    """match stem -> (level-1, level-2) from `tmk-query` or `vmatch query` output (one needle)."""
+    out = {}
+    for line in text.decode().splitlines():
+        l1, l2, _, match = line.split()
+        out[Path(match).stem] = (float(l1), float(l2))
+    return out
+
+
+def _clusters(text: bytes, reference: bool) -> set[frozenset[str]]:
+    groups: dict[str, set[str]] = {}
+    for line in text.decode().splitlines():
+        if not line.strip():
+            continue
+        if reference:               # clidx=1,clusz=6,filename=PATH
+            f = dict(kv.split("=", 1) for kv in line.split(","))
+            groups.setdefault(f["clidx"], set()).add(Path(f["filename"]).stem)
+        else:                       # cluster_id<TAB>size<TAB>id
+            cid, _, item = line.split("\t")
+            groups.setdefault(cid, set()).add(item)
+    return {frozenset(g) for g in groups.values()}
+
+
+def side_by_side(args: argparse.Namespace, files: list[Path], work: Path, device: torch.device) -> dict:
+    """Whole processes on the same first K files: reference tmk-query / tmk-clusterize against
+    vmatch query / vmatch cluster, alternating, outputs compared."""
+    k = min(args.compare_items, len(files))
+    orc, why = oracle()
+    if orc is None or k == 0:
+        ref = k * REF_MS_PER_PAIR / 1000 + k / 10000 * REF_LOAD_S_PER_10K
+        return {"reference": "README fallback", "note": FALLBACK_NOTE.format(why=why or "--compare-items 0"),
+                "readme_tmk_query_seconds_one_needle_c1=-1": round(ref, 1), "items": k}
+    sub = files[:k]
+    ix_path = work / f"index-{args.items}-{args.store}-{args.coarse}-first{k}"
+    if not (args.reuse and (ix_path / "MANIFEST.json").exists()):
+        shutil.rmtree(ix_path, ignore_errors=True)
+        VideoIndex.create(ix_path, shards=args.shards, coarse=args.coarse, store=args.store,
+                          device="cpu").add_paths(sub)
+    hay, nee = work / f"haystack-{k}.txt", work / "needle.txt"
+    hay.write_text("".join(f"{p}\n" for p in sub))
+    nee.write_text(f"{sub[0]}\n")
+    q_ref, q_ours, c_ref, c_ours = [], [], [], []
+    for _ in range(args.repeat):
+        t, ref_out = run_timed([orc.tool("tmk-query"), "--c1", "-1", "--c2", "0", nee, hay])
+        q_ref.append(t)
+        t, our_out = run_timed(vmatch_cmd("query", ix_path, sub[0], "--c1", "-1", "--c2", "0",
+                                          "--device", device.type))
+        q_ours.append(t)
+        t, ref_cl = run_timed([orc.tool("tmk-clusterize"), "-s", "--c1", "0.7", "--c2", "0.7", "--min", "2", "-i"],
+                              stdin=hay.read_bytes())
+        c_ref.append(t)
+        t, our_cl = run_timed(vmatch_cmd("cluster", ix_path, "--c1", "0.7", "--c2", "0.7", "--min-size", "2",
+                                         "--device", device.type))
+        c_ours.append(t)
+    a, b = _query_table(our_out), _query_table(ref_out)
+    diff = max(max(abs(a[m][0] - b[m][0]), abs(a[m][1] - b[m][1])) for m in b) if set(a) == set(b) else None
+    ca, cb = _clusters(our_cl, False), _clusters(ref_cl, True)
+    return {"items": k, "reference": "side by side", "machine": machine(),
+            "query_one_needle_c1=-1_c2=0": {
+                "reference_tmk_query_s": spread(q_ref, 3), "vmatch_query_s": spread(q_ours, 3),
+                "speedup_vs_reference": ratio(spread(q_ref), spread(q_ours)),
+                "same_matches": set(a) == set(b), "matches": len(b), "max_abs_score_difference": diff},
+            "cluster_c1=c2=0.7": {
+                "reference_tmk_clusterize_s": spread(c_ref, 3), "vmatch_cluster_s": spread(c_ours, 3),
+                "speedup_vs_reference": ratio(spread(c_ref), spread(c_ours)),
+                "reference_clusters": len(cb), "vmatch_clusters": len(ca), "same_clusters": ca == cb}}
 
 
 def ivf_recall(args: argparse.Namespace, files: list[Path], flat: VideoIndex, needles: list[TmkFeatures],
@@ -335,6 +435,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--robust", action="store_true", help="also time --robust matching side by side with plain")
     ap.add_argument("--repeats", type=int, default=3, help="--robust: alternated runs of each (best is kept)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each whole-process figure")
+    ap.add_argument("--compare-items", type=int, default=1000,
+                    help="files of the side-by-side comparison with the reference tools (0: skip)")
+    ap.add_argument("--baseline-items", type=int, default=20000,
+                    help="in-memory mode: rows of the CPU-vs-device baseline (0: skip)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -342,10 +447,12 @@ def main() -> None:
     args.batch_rows = args.batch_rows or (4096 if device.type == "cuda" else 512)
     bases = load_bases(args.ref)
     t0 = time.perf_counter()
+    before = machine()
     out = bench_memory(args, bases, device) if (device.type == "cuda" or args.memory) else \
         bench_disk(args, bases, device)
     out.update({"near_fraction": args.near_fraction, "seed": args.seed, "total_seconds":
-                round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()})
+                round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(), "machine_before": before,
+                "machine_after": machine()})
     print(json.dumps(out, indent=1))
 
 

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GPU share of each GPU feature worker (0: compute on the decode workers)")
     p.add_argument("--mode", choices=["exact", "fast", "auto"], help="exact (bit-identical) or fast (GPU matmul)")
     p.add_argument("--timeout", type=float, metavar="S", help="per-video limit; a worker past it is killed")
-    p.add_argument("--backend", choices=["auto", "decord", "pyav"], help="decoder (auto: decord, PyAV fallback)")
+    p.add_argument("--backend", choices=["auto", "decord", "pyav", "ffmpeg"], help="decoder (auto: per input, see docs/compatibility.md)")
     p.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-video failure lines")
     p.set_defaults(func=run)

@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from engine.bench import bench_hash, bench_score
+from engine.bench import (REFERENCE_LEVEL2_PAIRS_PER_S, bench_hash, bench_score_processes, bench_score_vs_naive,
+                          find_reference_tool)
 from engine.synthetic import synthetic_batch
 from engine.cli.common import CliError
 from engine.decode import DecodeError
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--repeat", type=int, default=3)
     h.add_argument("--threads", type=int, help="torch intra-op threads")
     h.set_defaults(func=run_hash)
-    s = bsub.add_parser("score", help="level-2 pairs/s of one needle against a synthetic bank")
+    s = bsub.add_parser("score", help="level-2 pairs/s against a naive scan (in-process) and the reference "
+                                      "tmk-two-level-score (whole process), side by side")
     s.add_argument("--pairs", type=int, default=8192, help="bank size (candidates)")
     s.add_argument("--from", dest="source", nargs="*", default=[], metavar="TMK",
                    help=".tmk files or folders to perturb into the bank (default: random features)")
@@ -32,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     s.add_argument("--repeat", type=int, default=3)
     s.add_argument("--threads", type=int, help="torch intra-op threads (e.g. 1 for the one-core figure)")
+    s.add_argument("--naive-pairs", type=int, default=50, help="pairs scored by the naive numpy scan (baseline)")
+    s.add_argument("--process-files", type=int, default=24,
+                   help="whole process: `vmatch score` vs the reference on this many .tmk files (0: skip)")
+    s.add_argument("--reference-bin", metavar="DIR",
+                   help="folder of the built reference tools (default: $VMATCH_ORACLE_DIR, PATH, the tests' cache)")
     s.set_defaults(func=run_score)
 
 
@@ -57,5 +64,12 @@ def run_score(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     bank = synthetic_batch(args.pairs, base)
     needle = base[0] if base else bank[0]
-    print(json.dumps(bench_score(bank, needle, args.device, args.batch, args.repeat, args.dtype), indent=2))
+    r = bench_score_vs_naive(bank, needle, args.device, args.batch, args.repeat, args.dtype, args.naive_pairs)
+    out = {**r.pop("vmatch"), "in_process": True, **r}
+    if args.process_files > 1:
+        tool = find_reference_tool("tmk-two-level-score", args.reference_bin)
+        out["whole_process"] = bench_score_processes(bank, args.process_files, args.repeat, tool)
+        if tool is None:
+            out["ratio_vs_reference_readme_fallback"] = round(out["pairs_per_s"] / REFERENCE_LEVEL2_PAIRS_PER_S, 1)
+    print(json.dumps(out, indent=2))
     return 0

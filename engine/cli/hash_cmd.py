@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["exact", "fast", "auto"], help="exact (bit-identical) or fast (GPU matmul)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--timeout", type=float, metavar="S", help="per-video decode time limit in seconds")
-    p.add_argument("--backend", choices=["auto", "decord", "pyav"], help="decoder (auto: decord, PyAV fallback)")
+    p.add_argument("--backend", choices=["auto", "decord", "pyav", "ffmpeg"], help="decoder (auto: per input, see docs/compatibility.md)")
     p.add_argument("--borders", action="store_true",
                    help="also detect letterbox / pillarbox / window-box borders and, where found, write the "
                         "signature of the content inside them as STEM.borders.tmk beside STEM.tmk (the "

@@ -35,9 +35,21 @@ def test_exact_mode_is_byte_identical_for_all_13_published_hashes(frames, ref_tm
         assert got == ref_tmks[stem].read_bytes(), stem
 
 
-def test_padded_dimensions_matches_the_reference_binary_hash(frames):
-    digest = hashlib.sha256(to_bytes(_hash(frames["test-padded-dimensions"], "exact"))).hexdigest()
+def test_padded_dimensions_matches_the_reference_binary_hash(frames, ref_tmks):
+    """The whole file against the shipped reference .tmk (made by the reference tool, spec 7.2)."""
+    got = to_bytes(_hash(frames["test-padded-dimensions"], "exact"))
+    digest = hashlib.sha256(got).hexdigest()
     assert digest.startswith("e9d77993") and digest.endswith("b438c410")  # spec 7.2
+    assert got == ref_tmks["test-padded-dimensions"].read_bytes()
+
+
+def test_padded_dimensions_matches_the_reference_tool_run_now(frames, ref_tmks, oracle, tmp_path):
+    got = to_bytes(_hash(frames["test-padded-dimensions"], "exact"))
+    out = tmp_path / "oracle.tmk"
+    video = ref_tmks["test-padded-dimensions"].parents[1] / "videos" / "test-padded-dimensions.mp4"
+    r = oracle.hash_video(video, out)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
+    assert got == out.read_bytes()
 
 
 def _check_fast(got: TmkFeatures, ref: TmkFeatures, scorer: Scorer) -> None:

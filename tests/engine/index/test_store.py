@@ -22,7 +22,10 @@ def test_fp16_level2_error_within_documented_bound(tmp_path, real_feats, synth_f
             assert m.level1 == dy[m.id].level1          # level-1 vectors are float32 in both
             errs.append(abs(m.level2 - dy[m.id].level2))
     assert max(errs) <= FP16_LEVEL2_BOUND
-    assert np.mean(errs) < 5e-5                         # measured mean is about 7e-6
+    # Measured on these 1,120 pairs: max 6.5e-5, mean 6.7e-6 (deterministic inputs); the limits
+    # are 3x that, far below the worst-case bound, so a regression of the rounding shows.
+    assert max(errs) <= 2e-4
+    assert np.mean(errs) <= 2e-5
     sa, sb = (sum(p.stat().st_size for p in ix.root.glob("shard-*/*.store")) for ix in (a, b))
     assert sb * 2 == sa
 

@@ -3,20 +3,23 @@
 The reference hashes the frames of
 ``ffmpeg -i IN -s 64:64 -an -f rawvideo -pix_fmt rgb24 -r 15 pipe:1``: bicubic swscale to
 64x64 (aspect ignored), display rotation applied, and ffmpeg-5.1 constant-frame-rate
-duplication/dropping. Here decoding happens in-process: decord2 decodes and scales (byte
-identical to that pipe, spec 11) and :func:`select_frames` reproduces the frame selection
-(spec 2.3). PyAV is the fallback for files decord cannot read; it builds the same
-libavfilter chain as the ffmpeg CLI (``transpose``/``hflip``/``vflip``/``rotate`` for the
-display matrix, then ``scale=W:H:flags=bicubic`` and ``format=rgb24``), which gives frames
-byte-identical to decord's on every clip we compared.
+duplication/dropping. Three decoders produce them:
+
+* decord2 (in-process, random access): decodes and scales byte-identically to that pipe
+  (spec 11); :func:`select_frames` reproduces the frame selection from the container's exact
+  timestamps and packet durations. Used where it was measured exact (``choose``).
+* the ffmpeg CLI itself (``ffmpeg_pipe``): the reference's command with the system ffmpeg
+  5.1, exact by construction; used for every other input when such an ffmpeg exists.
+* PyAV (in-process, sequential): the same libavfilter chain as the CLI; the fallback when
+  neither of the above can read a file.
 
 Frames are produced in bounded chunks so memory does not grow with video length.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +29,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from engine.decode import choose
+from engine.decode.errors import DecodeError, DecodeTimeout, _one_line
+from engine.decode.ffmpeg_pipe import FfmpegPipeSource, find_ffmpeg
+from engine.decode.select import _CfrSync, select_frames
 from kernels.params import DEFAULT_PARAMS
 
 __all__ = [
@@ -39,43 +46,11 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: ffmpeg's CFR vsync thresholds (fftools/ffmpeg.c 5.1 ``do_video_out``): a source frame
-#: further than this many output ticks behind is dropped, ahead is duplicated.
-_VSYNC_DROP = -1.1
-_VSYNC_DUP = 1.1
-#: ffmpeg subtracts this from the drift before rounding the previous-frame repeat count.
-_VSYNC_PREV_BIAS = 0.6
-#: ffmpeg keeps this many previous-frame repeat counts; their median pads the end of stream.
-_VSYNC_HISTORY = 3
-#: ffmpeg computes the source time in output ticks with this many extra fractional bits
-#: (at most) and then nudges it by half of one such unit "to avoid exact midpoints"
-#: (fftools ``adjust_frame_pts_to_encoder_tb``); reproducing it makes the selection immune to
-#: the float32 rounding of decord's timestamps.
-_PTS_EXTRA_BITS_MAX = 16
-_PTS_EXTRA_BITS_BASE = 29
-#: Longest reason text kept in a DecodeError (reasons are meant to be one short line).
-_MAX_REASON = 200
+log = logging.getLogger(__name__)
 #: Degrees of slack ffmpeg allows when matching a display rotation to 0/90/180/270.
 _ROTATION_SLACK = 1.0
 
-BACKENDS = ("auto", "decord", "pyav")
-
-
-class DecodeError(Exception):
-    """A video could not be decoded; ``str(e)`` is one line ``"<path>: <reason>"``."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = _one_line(reason)
-        super().__init__(f"{self.path}: {self.reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep the (path, reason) signature across pickling (e.g. Ray/multiprocessing).
-        return (type(self), (self.path, self.reason))
-
-
-class DecodeTimeout(DecodeError):
-    """Decoding one video took longer than its ``timeout_s`` budget."""
+BACKENDS = ("auto", "decord", "pyav", "ffmpeg")
 
 
 @dataclass(frozen=True)
@@ -84,7 +59,8 @@ class VideoInfo:
 
     ``width``/``height`` are the coded size of the source (before rotation);
     ``source_frames`` the number of decodable-looking source frames, ``output_frames``
-    the number of frames the decoder will yield (15 fps frames of the reference).
+    the number of frames the decoder will yield (15 fps frames of the reference; for the
+    ``ffmpeg`` backend an estimate from the container until the iteration has finished).
     """
 
     path: str
@@ -94,102 +70,8 @@ class VideoInfo:
     source_frames: int
     output_frames: int
     backend: str
-
-
-def _one_line(text: object) -> str:
-    """Squash a library message into one short line without log prefixes."""
-    s = str(text).strip()
-    # decord/dmlc messages look like "[07:37:15] /project/src/x.cc:154: Check failed: ...".
-    s = re.sub(r"\[\d\d:\d\d:\d\d\]\s*\S+:\d+:\s*", "", s)
-    lines = [ln.strip() for ln in s.splitlines() if ln.strip()]
-    # Drop traceback-ish lines ("Stack trace:", "  [bt] (0) ...", "File ...").
-    lines = [ln for ln in lines if not re.match(r"(Stack trace|\[bt\]|File \"|Traceback)", ln)]
-    s = " ".join(lines[:1]) if lines else "unknown error"
-    return s if len(s) <= _MAX_REASON else s[: _MAX_REASON - 3] + "..."
-
-
-def _lrintf(x: float) -> int:
-    """C ``llrintf``: round to float32, then to the nearest integer, ties to even."""
-    return int(np.rint(np.float32(x)))
-
-
-class _CfrSync:
-    """ffmpeg 5.1 ``-r`` output vsync (spec 2.3), fed one source timestamp at a time.
-
-    Online so that a streaming decoder (PyAV) can select frames as they are decoded,
-    exactly like the ffmpeg CLI does.
-    """
-
-    def __init__(self, fps_in: float, out_fps: int, *, round_duration: bool = True) -> None:
-        if not out_fps > 0:
-            raise ValueError(f"out_fps must be positive, got {out_fps}")
-        self.out_fps = out_fps
-        d = out_fps / fps_in if fps_in > 0 and math.isfinite(fps_in) else 1.0
-        # Without a user filtergraph ffmpeg 5.1 replaces the duration by its rounding if > 0
-        # (ffmpeg >= 6 keeps d unrounded: round_duration=False emulates that, for tests).
-        rounded = _lrintf(d)
-        self.duration = float(rounded) if rounded > 0 and round_duration else d
-        bits = min(max(_PTS_EXTRA_BITS_BASE - (int(out_fps).bit_length() - 1), 0), _PTS_EXTRA_BITS_MAX)
-        self._scale = float(1 << bits)
-        self._nudge = 1.0 / (1 << (bits + 1))
-        self.emitted = 0
-        self.frames_seen = 0
-        self.start: float | None = None
-        self.history = [0] * _VSYNC_HISTORY
-
-    def push(self, t: float) -> tuple[int, int]:
-        """Source frame at time ``t`` seconds -> (copies of the previous frame, total emitted)."""
-        if self.start is None:
-            self.start = t
-        delta0 = self._ticks(t - self.start) - self.emitted
-        delta = delta0 + self.duration
-        if delta0 < 0 < delta:
-            delta0 = 0.0
-        nb, nb0 = 1, 0
-        if delta < _VSYNC_DROP:
-            nb = 0
-        elif delta > _VSYNC_DUP:
-            nb = _lrintf(delta)
-            if delta0 > _VSYNC_DUP:
-                nb0 = min(_lrintf(delta0 - _VSYNC_PREV_BIAS), nb)
-        self.history = [nb0] + self.history[:-1]
-        self.emitted += nb
-        self.frames_seen += 1
-        return nb0, nb
-
-    def _ticks(self, seconds: float) -> float:
-        """Source time in output ticks exactly as ffmpeg computes ``float_pts``."""
-        q = seconds * self.out_fps * self._scale
-        q = math.floor(abs(q) + 0.5) * (1 if q >= 0 else -1)  # av_rescale_q: half away from 0
-        x = q / self._scale
-        return x + (self._nudge if x > 0 else -self._nudge)  # FFSIGN(0) is -1
-
-    def flush(self) -> int:
-        """End of stream: how many extra copies of the last frame ffmpeg appends."""
-        if self.start is None:
-            return 0
-        nb = sorted(self.history)[len(self.history) // 2]
-        self.emitted += nb
-        return nb
-
-
-def select_frames(pts: np.ndarray, fps_in: float, out_fps: int = DEFAULT_PARAMS.fps) -> np.ndarray:
-    """Source frame index of every output frame of ``ffmpeg -r out_fps`` (spec 2.3).
-
-    ``pts`` are the source frames' start times in seconds, in presentation order.
-    Indices are non-decreasing and may repeat (duplicated frames). Times are quantized and
-    nudged as ffmpeg does (``_CfrSync._ticks``) so exact ties such as 10 fps' Δ = 1.5 round
-    the same way whether ``pts`` are exact (PyAV) or float32 (decord).
-    """
-    sync = _CfrSync(fps_in, out_fps)
-    out: list[int] = []
-    for n, t in enumerate(np.asarray(pts, dtype=np.float64).ravel().tolist()):
-        nb0, nb = sync.push(t)
-        out.extend([max(n - 1, 0)] * nb0)
-        out.extend([n] * (nb - nb0))
-    if n_frames := sync.frames_seen:
-        out.extend([n_frames - 1] * sync.flush())  # ffmpeg repeats the last *source* frame
-    return np.asarray(out, dtype=np.int64)
+    #: why this decoder was chosen ("" for the default path)
+    reason: str = ""
 
 
 # --------------------------------------------------------------------------- backends
@@ -200,14 +82,30 @@ class _DecordSource:
 
     name = "decord"
 
-    def __init__(self, path: str, size: int, out_fps: int) -> None:
+    def __init__(self, path: str, size: int, out_fps: int, container: Any = None,
+                 facts: choose.StreamFacts | None = None) -> None:
+        """``container``: the same file open in PyAV, for exact timestamps (decord's are float32)."""
         import decord  # imported lazily: heavy, and only this backend needs it
 
+        _quiet_decord()
         self._reader: Any = decord.VideoReader(path, width=size, height=size, ctx=decord.cpu(0))
         n = len(self._reader)
         self.fps_in = float(self._reader.get_avg_fps())
         pts = self._reader.get_frame_timestamp(range(n))[:, 0] if n else np.zeros(0)
         self.source_frames = n
+        #: why decord's frame list cannot be trusted for this file (None: it can)
+        self.mismatch: str | None = None
+        if container is not None and facts is not None:
+            timing = choose.exact_timing(container)
+            stream = container.streams.best("video")
+            start = float(stream.start_time) * facts.time_base if stream.start_time is not None else 0.0
+            self.mismatch = choose.timing_reason(pts, timing, start)
+            if facts.fps_guess > 0:
+                self.fps_in = facts.fps_guess
+            if self.mismatch is None:
+                pts = timing.pts
+                self.index = select_frames(timing.pts, self.fps_in, out_fps, timing.durations)
+                return
         self.index = select_frames(pts, self.fps_in, out_fps)
 
     def chunks(self, chunk_frames: int) -> Iterator[np.ndarray]:
@@ -251,6 +149,20 @@ def _rotation_filters(m: np.ndarray | None) -> list[tuple[str, str]]:
     return [("vflip", "")] if m[4] < 0 else []
 
 
+def _quiet_decord() -> None:
+    """decord prints libav warnings ("[h264 @ 0x..] ...") to stderr; errors arrive as exceptions."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+
+
+def _quiet_av() -> None:
+    """Same for PyAV's libav log (PyAV >= 14 already defaults to no libav logging)."""
+    import av
+
+    av.logging.set_level(None)
+
+
 def _av_reason(e: BaseException) -> str:
     """Short reason for a PyAV/FFmpeg exception."""
     import av
@@ -273,18 +185,14 @@ class _PyAVSource:
         # Demux once (cheap, no decoding) to count frames and predict the selection.
         container, stream = self._open()
         try:
-            self.fps_in = float(stream.average_rate or stream.guessed_rate or 0)
             self._time_base = stream.time_base
             tb = float(stream.time_base)
-            pts = sorted(
-                p.pts * tb
-                for p in container.demux(stream)
-                if p.pts is not None and p.size and not p.is_discard  # edit-list-dropped: no frame
-            )
+            self.fps_in = float(stream.guessed_rate or stream.average_rate or 0)  # ffmpeg's graph rate
+            timing = choose.exact_timing(container)  # edit-list-dropped packets make no frame
         finally:
             container.close()
-        self.source_frames = len(pts)
-        self.index = select_frames(np.asarray(pts), self.fps_in, out_fps)
+        self.source_frames = len(timing.pts)
+        self.index = select_frames(timing.pts, self.fps_in, out_fps, timing.durations)
 
     def _open(self) -> tuple[Any, Any]:
         import av
@@ -318,8 +226,9 @@ class _PyAVSource:
         graph.configure()
         return graph
 
-    def _frames(self) -> Iterator[tuple[float, Any]]:
-        """Decoded frames as (time in seconds, VideoFrame); decode errors skip the packet like ffmpeg."""
+    def _frames(self) -> Iterator[tuple[float, float, Any]]:
+        """Decoded frames as (time, packet duration in seconds, VideoFrame); decode errors skip
+        the packet like ffmpeg."""
         import av
 
         container, stream = self._open()
@@ -339,7 +248,7 @@ class _PyAVSource:
                     continue
                 for f in decoded:
                     if f.pts is not None:
-                        yield f.pts * tb, f
+                        yield f.pts * tb, (f.duration or 0) * tb, f
         finally:
             container.close()
 
@@ -372,8 +281,8 @@ class _PyAVSource:
                     yield buf.copy()
                     fill = 0
 
-        for t, frame in self._frames():
-            nb0, nb = sync.push(t)
+        for t, dur, frame in self._frames():
+            nb0, nb = sync.push(t, dur if dur > 0 else None)
             if prev is None:
                 nb0 = 0  # nothing to repeat yet: select_frames uses frame 0 too
             if nb0:
@@ -402,12 +311,16 @@ class VideoDecoder:
     """Streams a video's reference frames (uint8 ``[n, size, size, 3]`` chunks, RGB).
 
     Opening happens here and raises :class:`DecodeError` with a one-line reason.
-    ``backend="auto"`` uses decord and falls back to PyAV if decord cannot open the file or
-    fails while decoding (then decoding restarts in PyAV and continues after the frames
-    already yielded; ``info`` is updated). ``timeout_s`` bounds the whole decode, opening
+    ``backend="auto"`` picks the decoder per input from measured facts (``choose``): decord
+    where it is exact, else the reference's ffmpeg command when a system ffmpeg 5.1 is found
+    (``find_ffmpeg``), else decord anyway; if decord cannot open the file or fails while
+    decoding, decoding restarts in the ffmpeg pipe (or PyAV without one) and continues after
+    the frames already yielded (``info`` is updated). ``backend`` ``decord``, ``pyav`` or
+    ``ffmpeg`` forces one decoder. ``timeout_s`` bounds the whole decode, opening
     included: every blocking library call runs in a daemon worker thread awaited with the
     time left; on expiry :class:`DecodeTimeout` is raised and the stuck thread is abandoned
-    (it cannot be killed; being a daemon it does not keep the process alive).
+    (it cannot be killed; being a daemon it does not keep the process alive; an ffmpeg
+    process is killed).
     A decoder can be iterated once; iterate it fully or ``close()`` it (or use ``with``) so
     decord stops decoding ahead.
     """
@@ -431,9 +344,12 @@ class VideoDecoder:
         self.backend = backend
         self.timeout_s = timeout_s
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self._source: _DecordSource | _PyAVSource | None = None
+        self._source: _DecordSource | _PyAVSource | FfmpegPipeSource | None = None
         self._abandoned = False
         self._used = False
+        self._reason = ""
+        self._facts: choose.StreamFacts | None = None
+        self._ffmpeg = find_ffmpeg() if backend in ("auto", "ffmpeg") else None
         self._check_path()
         width, height = self._call(self._probe)
         self._source = self._call(self._open_source)
@@ -445,6 +361,7 @@ class VideoDecoder:
             source_frames=self._source.source_frames,
             output_frames=len(self._source.index),
             backend=self._source.name,
+            reason=self._reason,
         )
 
     # -- opening
@@ -461,13 +378,14 @@ class VideoDecoder:
             raise DecodeError(self.path, "empty file")
 
     def _probe(self) -> tuple[int, int]:
-        """Container-level check with libavformat: gives clear reasons and the coded size."""
+        """Container-level check with libavformat: clear reasons, the coded size, the facts."""
         try:
             import av
         except ImportError:
             if self.backend == "pyav":
                 raise DecodeError(self.path, "PyAV (av) is not installed") from None
             return 0, 0  # decord alone will have to tell
+        _quiet_av()
         try:
             container = av.open(self.path)
         except av.error.FFmpegError as e:
@@ -475,19 +393,64 @@ class VideoDecoder:
         try:
             if not container.streams.video:
                 raise DecodeError(self.path, "no video stream")
-            cc = container.streams.best("video").codec_context
-            return int(cc.width), int(cc.height)
+            self._facts = choose.probe_facts(container)
+            return self._facts.width, self._facts.height
         finally:
             container.close()
 
-    def _open_source(self) -> _DecordSource | _PyAVSource:
-        if self.backend in ("auto", "decord"):
-            try:
-                return _DecordSource(self.path, self.size, self.out_fps)
-            except Exception as e:  # decord raises DECORDError/RuntimeError with log text
-                if self.backend == "decord":
-                    raise DecodeError(self.path, f"decord: {_one_line(e)}") from None
-        return self._open_pyav()  # PyAV's reason is the clearer one if it fails too
+    def _open_source(self) -> _DecordSource | _PyAVSource | FfmpegPipeSource:
+        if self.backend == "pyav":
+            return self._open_pyav()
+        if self.backend == "ffmpeg":
+            if self._ffmpeg is None:
+                raise DecodeError(self.path, "no ffmpeg 5.1 found (install it, or set VMATCH_FFMPEG)")
+            return self._open_pipe("requested")
+        if self.backend == "auto" and self._facts is not None:
+            why = choose.container_reason(self._facts)
+            if why:
+                # without the pipe, PyAV: it follows the container's timestamps and streams
+                return self._open_pipe(why) if self._ffmpeg else self._open_pyav_for(why)
+        try:
+            source = self._open_decord()
+        except Exception as e:  # decord raises DECORDError/RuntimeError with log text
+            if self.backend == "decord":
+                raise DecodeError(self.path, f"decord: {_one_line(e)}") from None
+            if self._ffmpeg:
+                return self._open_pipe(f"decord: {_one_line(e)}")
+            self._reason = f"decord: {_one_line(e)}"
+            return self._open_pyav()  # PyAV's reason is the clearer one if it fails too
+        if source.mismatch and self.backend == "auto":
+            source.close()
+            return self._open_pipe(source.mismatch) if self._ffmpeg else self._open_pyav_for(source.mismatch)
+        self._reason = source.mismatch or ""
+        return source
+
+    def _open_decord(self) -> _DecordSource:
+        """decord, with exact timestamps from a PyAV demux pass when PyAV is there."""
+        if self._facts is None:
+            return _DecordSource(self.path, self.size, self.out_fps)
+        import av
+
+        container = av.open(self.path)
+        try:
+            return _DecordSource(self.path, self.size, self.out_fps, container, self._facts)
+        finally:
+            container.close()
+
+    def _open_pipe(self, why: str) -> FfmpegPipeSource:
+        assert self._ffmpeg is not None
+        f = self._facts
+        expected = int(round(f.duration * self.out_fps)) if f is not None and f.duration > 0 else 0
+        log.info("%s: decoding with %s (%s)", self.path, self._ffmpeg, why)
+        self._reason = why
+        return FfmpegPipeSource(self.path, self.size, self.out_fps, self._ffmpeg,
+                                fps_in=f.fps_guess if f else 0.0, source_frames=f.frames if f else 0,
+                                expected_frames=expected)
+
+    def _open_pyav_for(self, why: str) -> _PyAVSource:
+        log.info("%s: decoding with PyAV (%s; no ffmpeg 5.1 for the exact pipe)", self.path, why)
+        self._reason = why
+        return self._open_pyav()
 
     def _open_pyav(self) -> _PyAVSource:
         try:
@@ -533,7 +496,9 @@ class VideoDecoder:
         worker.start()
         worker.join(left)
         if worker.is_alive():
-            self._source = None  # owned by the stuck thread now; never touch it again
+            source, self._source = self._source, None  # owned by the stuck thread now
+            if isinstance(source, FfmpegPipeSource):
+                source.close()  # killing ffmpeg unblocks the thread
             raise self._timeout()
         if "error" in box:
             raise box["error"]
@@ -560,7 +525,7 @@ class VideoDecoder:
                     raise
                 except Exception as e:
                     if isinstance(source, _DecordSource) and self.backend == "auto":
-                        source, chunks = self._fallback(emitted)
+                        source, chunks = self._fallback(emitted, _one_line(e))
                         continue
                     raise DecodeError(self.path, self._step_reason(e)) from None
                 if chunk is None:
@@ -568,16 +533,21 @@ class VideoDecoder:
                 emitted += len(chunk)
                 yield chunk
             if emitted != self.info.output_frames:
-                # Damaged file decoded partially (PyAV path): report what was produced.
+                # Damaged file decoded partially (PyAV path), or the ffmpeg pipe's estimate.
                 self.info = replace(self.info, output_frames=emitted)
         finally:
             self.close()
 
-    def _fallback(self, emitted: int) -> tuple[_PyAVSource, Iterator[np.ndarray]]:
-        """decord failed mid-stream: redo the decode in PyAV and skip what was yielded."""
+    def _fallback(self, emitted: int, why: str) -> tuple[_PyAVSource | FfmpegPipeSource, Iterator[np.ndarray]]:
+        """decord failed mid-stream: redo the decode (ffmpeg pipe, else PyAV), skip what was yielded."""
         if self._source is not None:
             self._source.close()
-        source = self._call(self._open_pyav)
+        source: _PyAVSource | FfmpegPipeSource
+        if self._ffmpeg:
+            source = self._open_pipe(f"decord: {why}")
+        else:
+            self._reason = f"decord: {why}"
+            source = self._call(self._open_pyav)
         self._source = source
         self.info = replace(
             self.info,
@@ -585,6 +555,7 @@ class VideoDecoder:
             fps_in=source.fps_in,
             source_frames=source.source_frames,
             output_frames=len(source.index),
+            reason=self._reason,
         )
         return source, _skip(source.chunks(self.chunk_frames), emitted)
 
