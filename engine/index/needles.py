@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from engine.features import TmkFeatures
+from engine.features import Signatures, TmkFeatures
 from engine.tmkfile import iter_tmk_paths, read_many
 
 
@@ -26,6 +26,28 @@ def load_needles(paths: Sequence[str | os.PathLike[str]],
     for p in expanded:
         if p in read:
             out.append(read[p])
+        else:
+            if hash_video is None:
+                raise ValueError(f"{p}: not a .tmk file and no video hasher given")
+            out.append(hash_video(p))
+    return out
+
+
+def load_signatures(paths: Sequence[str | os.PathLike[str]],
+                    hash_video: Callable[[Path], Signatures] | None = None) -> list[Signatures]:
+    """Like load_needles, with border signatures (``--robust``): ``X.borders.tmk`` beside ``X.tmk``
+    is X's, not a needle of its own; videos are hashed by ``hash_video`` (an engine.borders
+    BorderHasher's ``hash``)."""
+    from engine.index.borders import split_sidecars
+
+    expanded, side = split_sidecars(iter_tmk_paths(paths))
+    tmk = [p for p in expanded if is_tmk(p)]
+    read = dict(zip(tmk, read_many(tmk)))
+    extra = dict(zip(side, read_many(list(side.values()))))
+    out = []
+    for p in expanded:
+        if p in read:
+            out.append(Signatures(read[p], extra.get(p)))
         else:
             if hash_video is None:
                 raise ValueError(f"{p}: not a .tmk file and no video hasher given")
