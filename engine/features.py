@@ -85,3 +85,18 @@ class FeatureBatch:
     def __getitem__(self, i: int) -> TmkFeatures:
         return TmkFeatures(self.avg[i], self.cos[i], self.sin[i], int(self.frame_counts[i]),
                            self.params, self.names[i])
+
+
+@dataclass
+class Signatures:
+    """Every signature of one video: the reference ``main`` one and, for a video with
+    letterbox / pillarbox / window-box borders, ``borders``: the signature of the content inside
+    them (engine/borders.py).  ``--robust`` matching compares every signature of one video with
+    every signature of the other."""
+
+    main: TmkFeatures
+    borders: TmkFeatures | None = None
+
+    @property
+    def name(self) -> str:
+        return self.main.name

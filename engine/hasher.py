@@ -9,7 +9,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -62,12 +62,16 @@ class VideoHasher:
         self.last_stats: HashStats | None = None
 
     def hash_frames(self, chunks: Iterable[np.ndarray], name: str = "",
-                    progress: ProgressFn | None = None) -> TmkFeatures:
-        """Hash consecutive uint8 RGB frame chunks [n, 64, 64, 3]."""
+                    progress: ProgressFn | None = None,
+                    on_chunk: Callable[[np.ndarray], None] | None = None) -> TmkFeatures:
+        """Hash consecutive uint8 RGB frame chunks [n, 64, 64, 3]; ``on_chunk`` sees each chunk
+        (e.g. engine/borders.py's detector)."""
         acc = TmkAccumulator(self.params, self.mode, self.device)
         for chunk in chunks:
             if len(chunk) == 0:
                 continue
+            if on_chunk:
+                on_chunk(chunk)
             x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
             acc.update(pdqf(x, self.mode, self.fast_exact_below))
             if progress:
@@ -84,12 +88,13 @@ class VideoHasher:
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(params, **kw)  # type: ignore[arg-type]
 
-    def hash(self, path: str | os.PathLike[str], progress: ProgressFn | None = None) -> TmkFeatures:
+    def hash(self, path: str | os.PathLike[str], progress: ProgressFn | None = None,
+             on_chunk: Callable[[np.ndarray], None] | None = None) -> TmkFeatures:
         """Hash one video file; raises DecodeError (one-line reason) for unreadable input."""
         with VideoDecoder(path, size=self.params.frame_size, out_fps=self.params.fps,
                           chunk_frames=self.chunk_frames, backend=self.backend,
                           timeout_s=self.timeout_s) as dec:
-            feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress)
+            feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress, on_chunk)
             self.last_stats = HashStats(feats.frame_count, dec.info)
         return feats
 

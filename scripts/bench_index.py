@@ -27,6 +27,13 @@ Bank: item i perturbs real hash i mod 15 (engine/synthetic.py); a fraction
 --near-fraction are near copies (cosine ~0.96 to their base), the rest far (~0.3), so a
 needle has a realistic handful of level-1 candidates.  Needles are near copies of bank items,
 half of them near items.  Prints one JSON object on stdout; progress goes to stderr.
+
+``--robust`` adds a side-by-side run of the needle batch (and of one needle) with and without
+``--robust`` matching (8 mirror / rotation variants per needle, engine/index/robust.py), plain and
+robust alternated ``--repeats`` times, and prints the best time of each and their ratio (and the
+ratio of the medians, steadier on a busy machine):
+
+    python scripts/bench_index.py --items 20000 --memory --store fp16 --robust
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from _oracle import FALLBACK_NOTE, machine, oracle, ratio, run_timed, spread, vmatch_cmd  # noqa: E402
 
-from engine.features import TmkFeatures  # noqa: E402
+from engine.features import Signatures, TmkFeatures  # noqa: E402
 from engine.index import VideoIndex  # noqa: E402
 from engine.index.segment import unit_average  # noqa: E402
 from engine.synthetic import mixed_strengths, perturb_rows  # noqa: E402
@@ -164,6 +171,34 @@ def timed_query(ix: VideoIndex, needles: list[TmkFeatures], c1: float, c2: float
             "matches": sum(map(len, res)), "needles_with_a_match": sum(1 for r in res if r)}
 
 
+def robust_vs_plain(ix: VideoIndex, needles: list[TmkFeatures], c1: float, c2: float, repeats: int) -> dict:
+    """Best-of-`repeats` seconds of the same needles with and without --robust, alternated."""
+    from engine.index import robust
+
+    sigs = [Signatures(n) for n in needles]
+    sync = torch.cuda.synchronize if ix.device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {"plain": [], "robust": []}
+    stats = {}
+    robust.query(ix, sigs[:2], c1, c2)       # warm-up
+    for _ in range(repeats):
+        for kind in ("plain", "robust"):
+            sync()
+            t0 = time.perf_counter()
+            res = ix.query(needles, c1, c2) if kind == "plain" else robust.query(ix, sigs, c1, c2)
+            sync()
+            times[kind].append(time.perf_counter() - t0)
+            st = ix.last_stats
+            stats[kind] = {"candidates": st.candidates, "level2_scored": st.scored,
+                           "matches": sum(map(len, res))}
+    best = {k: min(v) for k, v in times.items()}
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"needles": len(needles), "c1": c1, "c2": c2, "repeats": repeats,
+            "plain_seconds": round(best["plain"], 4), "robust_seconds": round(best["robust"], 4),
+            "robust_over_plain": round(best["robust"] / best["plain"], 2),
+            "median_robust_over_plain": round(med["robust"] / med["plain"], 2),
+            "all_seconds": {k: [round(x, 4) for x in v] for k, v in times.items()}, **{k: stats[k] for k in stats}}
+
+
 def bench_memory(args: argparse.Namespace, bases: list[TmkFeatures], device: torch.device) -> dict:
     """The bank generated straight into (GPU) memory; level-1 and level-2 on the device."""
     dtype = torch.float16 if args.store == "fp16" else torch.float32
@@ -199,6 +234,9 @@ def bench_memory(args: argparse.Namespace, bases: list[TmkFeatures], device: tor
            "generate_seconds": round(gen_s, 2), "warmup_seconds": round(warm, 2),
            "one_needle": timed_query(ix, needles[:1], args.c1, args.c2),
            "batch": timed_query(ix, needles, args.c1, args.c2)}
+    if args.robust:
+        out["robust_one_needle"] = robust_vs_plain(ix, needles[:1], args.c1, args.c2, args.repeats)
+        out["robust_batch"] = robust_vs_plain(ix, needles, args.c1, args.c2, args.repeats)
     k = min(args.baseline_items, args.items)
     if k > 0:   # baseline: the same queries on the first k rows, in memory on the CPU and on the device
         sub_needles = [n for n, i in zip(needles, needle_rows) if i < k] or needles[:1]
@@ -281,6 +319,9 @@ def bench_disk(args: argparse.Namespace, bases: list[TmkFeatures], device: torch
 
     needles = needles_from(ix, rows_of, near, far, args.needles, args.seed, [p.stem for p in files])
     out["batch"] = timed_query(ix, needles, args.c1, args.c2)
+    if args.robust:
+        out["robust_one_needle"] = robust_vs_plain(ix, needles[:1], args.c1, args.c2, args.repeats)
+        out["robust_batch"] = robust_vs_plain(ix, needles, args.c1, args.c2, args.repeats)
     if args.ivf_recall:
         out["ivf"] = ivf_recall(args, files, ix, needles, work)
     return out
@@ -392,6 +433,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/vmatch-bench")
     ap.add_argument("--ref", help="folder of real .tmk hashes to perturb")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--robust", action="store_true", help="also time --robust matching side by side with plain")
+    ap.add_argument("--repeats", type=int, default=3, help="--robust: alternated runs of each (best is kept)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each whole-process figure")
     ap.add_argument("--compare-items", type=int, default=1000,
                     help="files of the side-by-side comparison with the reference tools (0: skip)")

@@ -58,6 +58,25 @@ TRANSFORMS: dict[str, tuple[str, list[str]]] = {
     "hflip": ("mirrored left-right", ["-vf", "hflip"]),
     "rotate-90": ("rotated 90 degrees clockwise", ["-vf", "transpose=clock"]),
     "rotate-5": ("rotated 5 degrees, black corners", ["-vf", "rotate=5*PI/180:fillcolor=black"]),
+    # every mirror and quarter turn (the dihedral group; vmatch --robust matches them exactly)
+    "vflip": ("mirrored top-bottom", ["-vf", "vflip"]),
+    "rotate-180": ("rotated 180 degrees", ["-vf", "hflip,vflip"]),
+    "rotate-270": ("rotated 90 degrees counter-clockwise", ["-vf", "transpose=cclock"]),
+    "transpose": ("mirrored about the main diagonal", ["-vf", "transpose=cclock_flip"]),
+    "antitranspose": ("mirrored about the anti-diagonal", ["-vf", "transpose=clock_flip"]),
+    # borders at several ratios, on all four sides, and in colours other than black
+    "letterbox-1.33": ("black bars above and below (height x1.33)",
+                       ["-vf", "pad=iw:trunc(ih*4/3/2)*2:0:(oh-ih)/2:black"]),
+    "letterbox-2": ("black bars above and below (height x2)", ["-vf", "pad=iw:ih*2:0:(oh-ih)/2:black"]),
+    "pillarbox-1.33": ("black bars left and right (width x1.33)",
+                       ["-vf", "pad=trunc(iw*4/3/2)*2:ih:(ow-iw)/2:0:black"]),
+    "pillarbox-2": ("black bars left and right (width x2)", ["-vf", "pad=iw*2:ih:(ow-iw)/2:0:black"]),
+    "windowbox": ("black border on all four sides (width and height x1.4)",
+                  ["-vf", "pad=trunc(iw*1.4/2)*2:trunc(ih*1.4/2)*2:(ow-iw)/2:(oh-ih)/2:black"]),
+    "letterbox-blue": ("dark blue bars above and below (height x1.5)",
+                       ["-vf", "pad=iw:trunc(ih*1.5/2)*2:0:(oh-ih)/2:0x203070"]),
+    "pillarbox-grey": ("light grey bars left and right (width x1.5)",
+                       ["-vf", "pad=trunc(iw*1.5/2)*2:ih:(ow-iw)/2:0:0xc0c0c0"]),
 }
 
 

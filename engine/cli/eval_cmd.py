@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["exact", "fast", "auto"], help="hashing mode for video inputs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for hashing and scoring")
     p.add_argument("--timeout", type=float, metavar="S", help="per-video decode time limit in seconds")
+    p.add_argument("--robust", action="store_true",
+                   help="score each pair as its best variant: every mirror / quarter turn and the border-cropped "
+                        "signatures (videos are hashed with border detection; X.borders.tmk beside X.tmk); "
+                        "summary.json inputs.variants counts the variants of the accepted pairs")
     p.set_defaults(func=run)
 
 
@@ -92,9 +96,15 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(str(e), 2) from None
     lookup = _index_lookup(args.index, args.device or cfg.score.device) if args.index else None
     store = pipeline.FeatureStore(hasher, ev.cache_dir, cache_tag=hasher.mode if hasher else "", lookup=lookup)
+    if args.robust:
+        if hasher is not None:
+            from engine.borders import BorderHasher
+            store.border_hasher = BorderHasher(hasher)
+        if args.index:
+            store.signature_lookup = _index_lookup(args.index, args.device or cfg.score.device, signatures=True)
     bar = Progress(len(lset.items), "signatures", "item")
     try:
-        feats = pipeline.load_features(lset, store, bar)
+        feats = pipeline.load_features(lset, store, bar, robust=args.robust)
     except pipeline.ItemError as e:
         raise CliError.of(e) from None
     finally:
@@ -102,8 +112,13 @@ def run(args: argparse.Namespace) -> int:
     t_feat = time.monotonic() - t0
     bar = Progress(len(lset.pairs), "score", "pair")
     try:
-        scorer = Scorer.from_config(cfg.score, feats[0].params, args.device)
-        scores = pipeline.score_pairs(lset, feats, scorer, bar)
+        params = feats[0].main.params if args.robust else feats[0].params
+        scorer = Scorer.from_config(cfg.score, params, args.device)
+        variants: list[str] = []
+        if args.robust:
+            scores, variants = pipeline.score_pairs_robust(lset, feats, scorer, bar)
+        else:
+            scores = pipeline.score_pairs(lset, feats, scorer, bar)
     except IncompatibleError as e:
         raise CliError.of(e) from None
     except (RuntimeError, ValueError) as e:
@@ -116,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         inputs={"videos": nvid, "hashed": store.hashed, "hash_cache_hits": store.cached,
                 "from_index": store.looked_up, "index": args.index,
                 "hash_mode": hasher.mode if hasher else None, "seconds_signatures": round(t_feat, 3),
-                "seconds_scoring": round(t_score, 3)})
+                "seconds_scoring": round(t_score, 3),
+                **({"robust": True, "variants": _variant_counts(scores, variants, ev.c1, ev.c2),
+                    "with_borders": sum(f.borders is not None for f in feats)} if args.robust else {})})
     try:
         page = report.write_report(out, lset, scores, summary, plots=ev.plots)
     except plots.PlotsUnavailable as e:
@@ -141,11 +158,21 @@ def _print_summary(s: dict, page: Path) -> None:
     w(f"report: {page}\n")
 
 
+def _variant_counts(scores, variants: list[str], c1: float, c2: float) -> dict[str, dict[str, int]]:
+    """How often each variant was the best one, for the matches and non-matches accepted at (c1, c2)."""
+    out: dict[str, dict[str, int]] = {"matches": {}, "nonmatches": {}}
+    for v, a, b, lab in zip(variants, scores.level1, scores.level2, scores.labels):
+        if a >= c1 and b >= c2:
+            d = out["matches" if lab else "nonmatches"]
+            d[v] = d.get(v, 0) + 1
+    return {k: dict(sorted(d.items(), key=lambda kv: -kv[1])) for k, d in out.items()}
+
+
 def _p(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _index_lookup(index: str, device: str):
+def _index_lookup(index: str, device: str, signatures: bool = False):
     """Item path -> the index's stored signature of the id = file stem (None when not indexed).
 
     Uses ``VideoIndex.features``: the stored float16/float32 features and the unit pure average.
@@ -157,6 +184,11 @@ def _index_lookup(index: str, device: str):
     except VideoIndexError as e:
         raise CliError(str(e), 2) from None
     def lookup(path: Path):
-        return idx.features([path.stem])[0] if path.stem in idx else None
+        if path.stem not in idx:
+            return None
+        if signatures:   # --robust: with the border signature from the index's side table
+            from engine.index.robust import stored_signatures
+            return stored_signatures(idx, [path.stem])[0]
+        return idx.features([path.stem])[0]
 
     return lookup

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="videos hashed at once (default: one per CPU core on CPU, 1 on CUDA); each streams "
                         "in bounded chunks, so memory grows with N, not with video length")
+    p.add_argument("--borders", action="store_true",
+                   help="also detect letterbox / pillarbox / window-box borders and, where found, write the "
+                        "signature of the content inside them as STEM.borders.tmk beside STEM.tmk (the "
+                        "main .tmk is unchanged); the detected borders are logged on stderr")
     p.set_defaults(func=run)
 
 
@@ -72,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             if not hasattr(local, "hasher"):
                 local.hasher = make_hasher()
-            write_tmk(target, local.hasher.hash(video, progress=on_frames))
+                if args.borders:
+                    from engine.borders import BorderHasher
+                    local.border_hasher = BorderHasher(local.hasher)
+            if args.borders:
+                _hash_with_borders(local.border_hasher, video, target, on_frames, bar, lock)
+            else:
+                write_tmk(target, local.hasher.hash(video, progress=on_frames))
             return None
         except DecodeError as e:
             return f"vmatch: {e}"
@@ -95,3 +105,21 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         return fail(f"{failures} of {len(args.videos)} inputs failed")
     return 0
+
+
+def _hash_with_borders(bh, video: str, target: Path, on_frames, bar: Progress, lock: threading.Lock) -> None:
+    """Write STEM.tmk and, when borders were found, STEM.borders.tmk (a stale one is removed)."""
+    from engine.index.borders import sidecar_path
+    from engine.tmkfile import write_tmk
+
+    sigs = bh.hash(video, progress=on_frames)
+    write_tmk(target, sigs.main)
+    side = sidecar_path(target)
+    if sigs.borders is not None and bh.last_borders is not None:
+        write_tmk(side, sigs.borders)
+        b = bh.last_borders
+        with lock:
+            bar.write(f"vmatch: {video}: {b.kind} (top {b.top:.3f}, bottom {b.bottom:.3f}, left {b.left:.3f}, "
+                      f"right {b.right:.3f}, colour {'#%02x%02x%02x' % b.colour}) -> {side.name}")
+    elif side.exists():
+        side.unlink()

@@ -76,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("paths", nargs="*", metavar="PATH")
     a.add_argument("--signals", metavar="LIST", help="add the hash strings of a signal list file")
     a.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for hashing videos")
+    a.add_argument("--no-borders", action="store_true",
+                   help="videos: do not detect borders (by default a video with letterbox / pillarbox / "
+                        "window-box borders also stores the signature of the content inside them, used by "
+                        "--robust matching; X.borders.tmk beside X.tmk is stored the same way)")
     a.set_defaults(func=run_add)
     r = isub.add_parser("remove", help="remove items by id")
     r.add_argument("index", metavar="INDEX")
@@ -121,6 +125,9 @@ def run_add(args: argparse.Namespace) -> int:
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         hasher = make_hasher(cfg, ix.params, args.device) if any(p.suffix.lower() != ".tmk" for p in paths) else None
+        if hasher is not None and not args.no_borders:
+            from engine.borders import BorderHasher
+            hasher = BorderHasher(hasher)
         bar = Progress(len(paths), "index add", "file")
         try:
             n = ix.add_paths(paths, hasher=hasher, progress=bar.update, workers=ic["add_workers"])

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import config_from
+from engine.cli.common import CliError, config_from
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("needles", nargs="+", metavar="NEEDLE", help=".tmk file, folder of them, or video")
     _thresholds(q)
     q.add_argument("--top", type=int, metavar="K", help="at most K matches per needle (default: all)")
+    _robust(q)
     _ray_arguments(q)
     q.set_defaults(func=run_query)
     c = sub.add_parser("cluster", help="groups of copies within an index (connected components)",
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--summary", type=int, nargs="?", const=10, metavar="K",
                    help="jsonl: end with one {\"summary\": ...} line (the K largest clusters, default 10, and "
                         "the share of items they hold); a one-line summary always goes to stderr")
+    _robust(c)
     c.set_defaults(func=run_cluster)
 
 
@@ -68,6 +70,13 @@ def _thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
+def _robust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--robust", action="store_true",
+                   help="also match mirrored / rotated copies (8 variants of each needle) and border-cropped "
+                        "signatures; a pair's result is its best variant, named in a 5th TSV column / the "
+                        "JSONL 'variant' field (engine/robust.py)")
+
+
 def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float, float]:
     cfg = config_from(args)
     ic = index_config(cfg)
@@ -85,22 +94,41 @@ def run_query(args: argparse.Namespace) -> int:
         def hash_video(path: Path):
             nonlocal hasher
             hasher = hasher or make_hasher(cfg, ix.params, args.device)
+            if args.robust and not hasattr(hasher, "last_borders"):
+                from engine.borders import BorderHasher
+                hasher = BorderHasher(hasher)
             return hasher.hash(path)
 
+        if args.robust:
+            if args.ray:
+                raise CliError("--robust does not run with --ray yet; query without --ray", 2)
+            from engine.index import robust
+            from engine.index.needles import load_signatures
+            results = robust.query(ix, load_signatures(args.needles, hash_video), c1, c2, args.top)
+            _print_matches(results, args.format, True)
+            return 0
         needles = load_needles(args.needles, hash_video, ix.params)
         if args.ray:  # one Ray actor per shard, results merged (engine/ray/shard_query.py)
             results = _query_on_ray(args, ic, needles, c1, c2)
         else:
             results = ix.query(needles, c1, c2, args.top)
+    _print_matches(results, args.format, False)
+    return 0
+
+
+def _print_matches(results: list, fmt: str, robust: bool) -> None:
     out = sys.stdout
     for matches in results:
         for m in matches:
-            if args.format == "tsv":
-                out.write(f"{m.level1:.6f}\t{m.level2:.6f}\t{m.needle}\t{m.id}\n")
+            if fmt == "tsv":
+                extra = f"\t{m.variant}" if robust else ""
+                out.write(f"{m.level1:.6f}\t{m.level2:.6f}\t{m.needle}\t{m.id}{extra}\n")
             else:
-                out.write(json.dumps({"needle": m.needle, "id": m.id, "level1": round(m.level1, 6),
-                                      "level2": round(m.level2, 6), "offsets": m.offsets}) + "\n")
-    return 0
+                rec = {"needle": m.needle, "id": m.id, "level1": round(m.level1, 6),
+                       "level2": round(m.level2, 6), "offsets": m.offsets}
+                if robust:
+                    rec["variant"] = m.variant
+                out.write(json.dumps(rec) + "\n")
 
 
 def run_cluster(args: argparse.Namespace) -> int:
@@ -110,8 +138,12 @@ def run_cluster(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with cli_errors():
         ix = open_index(args, ic)
-        groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,
-                             nlist=args.nlist, nprobe=args.nprobe)
+        if args.robust:
+            from engine.index import robust
+            groups = robust.clusters(ix, c1, c2, args.min_size)
+        else:
+            groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,
+                                 nlist=args.nlist, nprobe=args.nprobe)
         items = len(ix)
     out = sys.stdout
     for cid, members in enumerate(groups):
@@ -120,16 +152,18 @@ def run_cluster(args: argparse.Namespace) -> int:
         else:
             out.write(json.dumps({"cluster": cid, "size": len(members), "ids": members}) + "\n")
     summary = cluster_summary(groups, items, args.summary or 10)
-    st = ix.last_cluster_stats
-    summary.update({"candidates": st.candidates, "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs,
-                    "seconds": round(time.perf_counter() - t0, 3)})
+    st = None if args.robust else ix.last_cluster_stats  # the robust path keeps no candidate stats
+    if st is not None:
+        summary.update({"candidates": st.candidates, "level1_pairs": st.level1_pairs,
+                        "level2_pairs": st.level2_pairs})
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
     if args.format == "jsonl" and args.summary is not None:
         out.write(json.dumps({"summary": summary}) + "\n")
     top = summary["largest"]
     print(f"vmatch: {items} items, {len(groups)} clusters of >= {args.min_size} holding "
           f"{summary['items_in_clusters']} items; the {len(top)} largest hold {summary['largest_share']:.1%} of all "
-          f"items ({st.candidates} candidates: {st.level1_pairs} level-1 pairs, {st.level2_pairs} scored at level-2)",
-          file=sys.stderr)
+          f"items" + (f" ({st.candidates} candidates: {st.level1_pairs} level-1 pairs, {st.level2_pairs} scored at "
+                      f"level-2)" if st is not None else ""), file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--c1", type=float, help="level-1 threshold: level-2 is computed where level-1 >= c1")
     p.add_argument("--c2", type=float, help="level-2 threshold: print pairs with level-2 >= c2")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--robust", action="store_true",
+                   help="best of every mirror / quarter-turn variant and border signature (X.borders.tmk "
+                        "beside X.tmk, not scored as a file of its own); the variant is a 5th column")
     p.set_defaults(func=run)
 
 
@@ -28,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from(args).score
     c1 = cfg.c1 if args.c1 is None else args.c1
     c2 = cfg.c2 if args.c2 is None else args.c2
+    if args.robust:
+        return _run_robust(args, c1, c2, cfg)
     out = sys.stdout
     try:
         if args.needle:
@@ -72,3 +77,42 @@ def _enumerate_batches(batches, size: int):
 
 def _line(l1: float, l2: float, a: str, b: str) -> str:
     return f"{l1:.6f} {l2:.6f} {a} {b}\n"
+
+
+def _run_robust(args: argparse.Namespace, c1: float, c2: float, cfg) -> int:
+    """--robust: like run, each pair scored as its best variant (engine/robust.py)."""
+    from pathlib import Path
+
+    from engine.features import Signatures
+    from engine.index.borders import split_sidecars
+    from engine.robust import RobustScorer
+    from engine.scoring import IncompatibleError, Scorer
+    from engine.tmkfile import TmkFormatError, read_many
+
+    names = ([args.needle] if args.needle else []) + list(args.files)
+    kept, side = split_sidecars([Path(n) for n in names])
+    keep = set(kept)
+    names = [n for n in names if Path(n) in keep]
+    try:
+        feats = read_many(names)
+        extra = dict(zip(side, read_many(list(side.values()))))
+    except TmkFormatError as e:
+        raise CliError(str(e)) from None
+    sigs = [Signatures(f, extra.get(Path(n))) for n, f in zip(names, feats)]
+    out = sys.stdout
+    try:
+        rs = RobustScorer(Scorer(feats[0].params, args.device or cfg.device, cfg.batch_size, cfg.grid))
+        if args.needle:
+            for name, r in zip(names[1:], rs.one_to_many(sigs[0], sigs[1:], c1, c2)):
+                if r is not None:
+                    out.write(_line(r.level1, r.level2, names[0], name).rstrip("\n") + f" {r.variant}\n")
+            return 0
+        order = sorted(range(len(names)), key=lambda i: names[i])
+        for pos, i in enumerate(order[:-1]):
+            rest = order[pos + 1:]
+            for j, r in zip(rest, rs.one_to_many(sigs[i], [sigs[k] for k in rest], c1, c2)):
+                if r is not None:
+                    out.write(_line(r.level1, r.level2, names[i], names[j]).rstrip("\n") + f" {r.variant}\n")
+    except IncompatibleError as e:
+        raise CliError(str(e)) from None
+    return 0

@@ -10,7 +10,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from engine.eval.labels import LabelledSet, is_tmk
-from engine.features import FeatureBatch, TmkFeatures
+from engine.features import FeatureBatch, Signatures, TmkFeatures
 from engine.tmkfile import read_tmk, write_tmk
 from engine.errors import InputError
 
@@ -49,7 +49,12 @@ class FeatureStore:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.cache_tag, self.lookup = cache_tag, lookup
         self._mem: dict[Path, TmkFeatures] = {}
+        self._sigs: dict[Path, Signatures] = {}
         self.hashed = self.cached = self.read = self.looked_up = 0
+        #: --robust: hashes videos with border signatures (engine.borders.BorderHasher)
+        self.border_hasher: Hasher | None = None
+        #: --robust with an index: item path -> its stored Signatures (or None)
+        self.signature_lookup: Callable[[Path], Signatures | None] | None = None
 
     def _cache_path(self, path: Path) -> Path | None:
         if self.cache_dir is None:
@@ -86,19 +91,60 @@ class FeatureStore:
         return feats
 
 
+    def signatures(self, path: Path) -> Signatures:
+        """All signatures of one item (--robust): the main one and the border-cropped one, from
+        ``X.borders.tmk`` beside a ``.tmk`` item, the index, the cache or a hash with borders."""
+        from engine.index.borders import sidecar_path
+
+        path = Path(path)
+        if path in self._sigs:
+            return self._sigs[path]
+        sig = self.signature_lookup(path) if self.signature_lookup else None
+        if sig is not None:
+            self.looked_up += 1
+        elif is_tmk(path):
+            side = sidecar_path(path)
+            sig = Signatures(self.get(path), read_tmk(side) if side.is_file() else None)
+        else:
+            cached = self._cache_path(path)
+            if cached is not None and cached.is_file() and (sidecar_path(cached).is_file()
+                                                            or cached.with_suffix(".noborders").is_file()):
+                side = sidecar_path(cached)
+                sig = Signatures(read_tmk(cached), read_tmk(side) if side.is_file() else None)
+                self.cached += 1
+            else:
+                if self.border_hasher is None:
+                    raise ValueError(f"{path}: a video input needs a hasher")
+                sig = self.border_hasher.hash(path)   # type: ignore[assignment]
+                self.hashed += 1
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    write_tmk(cached, sig.main)
+                    if sig.borders is not None:
+                        write_tmk(sidecar_path(cached), sig.borders)
+                    else:
+                        cached.with_suffix(".noborders").touch()
+        self._sigs[path] = sig
+        self._mem.setdefault(path, sig.main)
+        return sig
+
+
 class ItemError(InputError):
     """An item that could not be read, hashed or cached; str() is one line ``<path>: <reason>``."""
 
 
-def load_features(lset: LabelledSet, store: FeatureStore, progress: ProgressLike | None = None) -> list[TmkFeatures]:
-    """Signatures of every item, in item order (videos hashed once each); ItemError on failure."""
+def load_features(lset: LabelledSet, store: FeatureStore, progress: ProgressLike | None = None,
+                  robust: bool = False) -> list:
+    """Signatures of every item, in item order (videos hashed once each); ItemError on failure.
+
+    ``robust``: ``Signatures`` (with border signatures) instead of TmkFeatures."""
     from engine.decode import DecodeError
     from engine.tmkfile import TmkFormatError
 
     out = []
     for p in lset.items:
         try:
-            out.append(store.get(p))
+            out.append(store.signatures(p) if robust else store.get(p))
         except (DecodeError, TmkFormatError) as e:  # already `<path>: <reason>`
             raise ItemError(str(e)) from None
         except OSError as e:
@@ -131,3 +177,29 @@ def score_pairs(lset: LabelledSet, feats: list[TmkFeatures], scorer, progress: P
             if progress:
                 progress.update(len(chunk))
     return PairScores(l1, l2, np.array([p.label for p in lset.pairs], dtype=bool))
+
+
+def score_pairs_robust(lset: LabelledSet, sigs: list[Signatures], scorer, progress: ProgressLike | None = None
+                       ) -> tuple[PairScores, list[str]]:
+    """Like score_pairs, each pair scored as its best variant (engine/robust.py, rule 'min': the
+    highest min(level-1, level-2)); also returns the variant of every pair."""
+    from engine.robust import RobustScorer
+
+    rs = RobustScorer(scorer)
+    n = len(lset.pairs)
+    l1 = np.full(n, np.nan, np.float32)
+    l2 = np.full(n, np.nan, np.float32)
+    variants = [""] * n
+    by_a: dict[int, list[int]] = {}
+    for k, p in enumerate(lset.pairs):
+        by_a.setdefault(p.a, []).append(k)
+    for a, ks in by_a.items():
+        for s in range(0, len(ks), _CHUNK):
+            chunk = ks[s:s + _CHUNK]
+            res = rs.one_to_many(sigs[a], [sigs[lset.pairs[k].b] for k in chunk], -1.0, None, choose="min")
+            for k, r in zip(chunk, res):
+                if r is not None:
+                    l1[k], l2[k], variants[k] = r.level1, r.level2, r.variant
+            if progress:
+                progress.update(len(chunk))
+    return PairScores(l1, l2, np.array([p.label for p in lset.pairs], dtype=bool)), variants

@@ -27,7 +27,8 @@ import torch
 
 from engine import signals
 from engine.errors import InputError, VmatchError, check_compatible, storage_error
-from engine.features import TmkFeatures
+from engine.features import Signatures, TmkFeatures
+from engine.index import borders as borders_mod
 from engine.inputs import id_problem
 from engine.index import coarse as coarse_mod
 from engine.index.cluster import ClusterStats, cluster_pairs
@@ -62,6 +63,8 @@ class Match:
     level1: float
     level2: float
     offsets: list[int] = field(default_factory=list)
+    #: --robust only: the variant that matched (engine/robust.py), e.g. "hflip", "borders".
+    variant: str = ""
 
 
 @dataclass
@@ -218,6 +221,7 @@ class VideoIndex:
         self._shards: list[_ShardBase] | None = None
         self._where: dict[str, tuple[int, int]] | None = None
         self._where_shared = False    # the dict is also a snapshot's: copy before changing it
+        self._border_table: borders_mod.BorderTable | None = None
         self._memory = False
         #: How long a writer waits for another process's add or remove to commit.
         self.lock_timeout_s = 600.0
@@ -263,6 +267,7 @@ class VideoIndex:
         self._scorer = PairScorer(params, self.device)
         self._shards = [_MemoryShard(ids, unit_averages, rows, self.device)]
         self._where, self._memory, self._where_shared = None, True, False
+        self._border_table = None
         self.last_stats = QueryStats()
         self.last_cluster_stats = ClusterStats()
         return self
@@ -272,7 +277,13 @@ class VideoIndex:
         if self._memory:
             return
         self.manifest = read_manifest(self.root)
-        self._shards, self._where = None, None
+        self._shards, self._where, self._border_table = None, None, None
+
+    def border_table(self) -> borders_mod.BorderTable:
+        """The border-cropped signatures of this manifest's items (engine/index/borders.py)."""
+        if self._border_table is None:
+            self._border_table = borders_mod.BorderTable(self.root, self.manifest, self.params, self.verify_reads)
+        return self._border_table
 
     def refresh(self) -> bool:
         """Pick up new commits incrementally (the cheap form of `reload` for long-lived readers):
@@ -284,6 +295,7 @@ class VideoIndex:
             return False
         m = read_manifest(self.root)
         self.manifest = m
+        self._border_table = None     # re-read from the new manifest when --robust needs it
         if self._shards is None:
             self._where = None
             return True
@@ -409,6 +421,8 @@ class VideoIndex:
         for sh in self._state():
             for r in sh.readers:
                 r.verify()
+        for r in self.border_table().readers:
+            r.verify()
 
     # ------------------------------------------------------------------------ writing
     @contextmanager
@@ -453,7 +467,8 @@ class VideoIndex:
                 (self.root / f.name).unlink(missing_ok=True)
         m.retired = [r for r in m.retired if now - r[0] < self.retire_after_s]
         live = {f.name for f in m.all_files()} | {f.name for _, files in m.retired for f in files}
-        for p in [*self.root.glob("shard-*/*"), *self.root.glob("ivf-trained-*")]:
+        for p in [*self.root.glob("shard-*/*"), *self.root.glob("ivf-trained-*"),
+                  *self.root.glob(f"{borders_mod.BORDERS_DIR}/*")]:
             if p.relative_to(self.root).as_posix() not in live:
                 p.unlink(missing_ok=True)
         for p in self.root.glob(".*.tmp"):
@@ -473,9 +488,11 @@ class VideoIndex:
                 raise IndexFormatError(src, f"id {i!r} is already in the index; nothing was added")
             seen[i] = src
 
-    def add(self, items: Iterable[TmkFeatures], ids: Sequence[str] | None = None,
+    def add(self, items: Iterable[TmkFeatures | Signatures], ids: Sequence[str] | None = None,
             sources: Sequence[str] | None = None, progress: ProgressFn | None = None) -> int:
-        """Add in-memory signatures (id = ``ids[i]`` or the signature's name) in one transaction."""
+        """Add in-memory signatures (id = ``ids[i]`` or the signature's name) in one transaction.
+
+        A ``Signatures`` item with a border-cropped signature stores it in the side table."""
         items = list(items)
         ids = list(ids) if ids is not None else [f.name for f in items]
         sources = list(sources) if sources is not None else list(ids)
@@ -484,11 +501,15 @@ class VideoIndex:
 
     def add_paths(self, paths: Sequence[str | os.PathLike[str]], hasher: object | None = None,
                   progress: ProgressFn | None = None, workers: int = 8) -> int:
-        """Add `.tmk` files (read in parallel) or videos (hashed with `hasher`); id = file stem."""
+        """Add `.tmk` files (read in parallel) or videos (hashed with `hasher`); id = file stem.
+
+        ``X.borders.tmk`` given with ``X.tmk`` is X's border-cropped signature, not an item; a
+        hasher whose ``hash`` returns ``Signatures`` (engine/borders.py) stores videos' borders too.
+        """
         from engine.tmkfile import read_tmk
 
-        paths = [Path(p) for p in paths]
-        jobs: list[Callable[[], TmkFeatures]] = []
+        paths, sidecars = borders_mod.split_sidecars([Path(p) for p in paths])
+        jobs: list[Callable[[], TmkFeatures | Signatures]] = []
         one_video_at_a_time = threading.Lock()   # the hasher is stateful and parallel inside
 
         def hash_video(p: Path, h: object) -> TmkFeatures:
@@ -498,7 +519,9 @@ class VideoIndex:
         if paths and all(p.suffix.lower() == ".tmk" for p in paths):
             return self._add_tmk_files(paths, progress)
         for p in paths:
-            if p.suffix.lower() == ".tmk":
+            if p in sidecars:
+                jobs.append(lambda p=p: Signatures(read_tmk(p), read_tmk(sidecars[p])))
+            elif p.suffix.lower() == ".tmk":
                 jobs.append(lambda p=p: read_tmk(p))
             else:
                 if hasher is None:
@@ -589,17 +612,25 @@ class VideoIndex:
         jobs = [lambda a=a, o=o: load(a, o) for a, o in zip(sources, offsets)]
         return self._add_jobs(ids, sources, jobs, progress, workers)
 
-    def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures]],
+    def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures | Signatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
         with self._writing() as m:
             self._check_new_ids(ids, sources, set(self._locations()))
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             store = m.store
+            border_rows: list[Prepared] = []
 
             def load(k: int) -> Prepared:
                 f = jobs[k]()
-                check_compatible(self.params, f.params, sources[k], "the index's")
+                extra = None
+                if isinstance(f, Signatures):
+                    f, extra = f.main, f.borders
+                for g in (f, extra):
+                    if g is not None:
+                        check_compatible(self.params, g.params, sources[k], "the index's")  # the one check
+                if extra is not None:   # list.append is atomic: safe from the loader threads
+                    border_rows.append(prepare(extra, ids[k], sources[k], borders_mod.BORDER_STORE))
                 return prepare(f, ids[k], sources[k], store)
 
             try:
@@ -615,6 +646,10 @@ class VideoIndex:
                             writers[sid].append([it])
                         if progress and batch:
                             progress(len(batch))
+                if border_rows:
+                    bw = writers[-1] = borders_mod.border_writer(self.root, name)
+                    order = {i: k for k, i in enumerate(ids)}
+                    bw.append(sorted(border_rows, key=lambda it: order[it.id]))
                 self._finish_add(m, writers)
             except BaseException:
                 for w in writers.values():
@@ -627,6 +662,8 @@ class VideoIndex:
         if not writers:
             return
         trained = None
+        if -1 in writers:                    # the border side table (engine/index/borders.py)
+            m.borders.append(writers.pop(-1).finish())
         if m.coarse == "ivf":
             if m.ivf_trained is None:
                 vecs = np.concatenate([np.stack(w.l1_rows) for w in writers.values()])
@@ -654,6 +691,7 @@ class VideoIndex:
                 sid, row = where[i]
                 s, local = shards[sid].locate(row)
                 m.segments[sid][s].deleted.append(local)
+            borders_mod.tombstone(self.root, m, list(ids))
             m.generation += 1
             write_manifest(self.root, m)
         return len(set(ids))
@@ -681,8 +719,9 @@ class VideoIndex:
                     retired += [f for s in m.segments[sid] for f in (s.l1, s.store, s.ids, s.ivf) if f]
                     ivf = coarse_mod.ivf_lists(trained, np.stack(w.l1_rows)) if trained and w.count else None
                     m.segments[sid] = [w.finish(ivf)] if w.count else []
-                if writers:
-                    m.retired.append((time.time(), retired))
+                retired_borders = borders_mod.compact_table(self.root, m, name)
+                if writers or retired_borders is not None:
+                    m.retired.append((time.time(), retired + (retired_borders or [])))
                     m.generation += 1
                     write_manifest(self.root, m)
             except BaseException:

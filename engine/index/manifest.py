@@ -88,6 +88,9 @@ class Manifest:
     #: Files of segments replaced by `compact`, with the time they were retired: readers of an
     #: older manifest may still open them, so they are deleted only after a grace period.
     retired: list[tuple[float, list[FileRef]]] = field(default_factory=list)
+    #: Border-cropped signatures (engine/index/borders.py): segments under ``borders/`` whose rows
+    #: are keyed by item id; absent from the JSON when empty, so indexes without any stay as before.
+    borders: list[Segment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.segments:
@@ -102,6 +105,8 @@ class Manifest:
         for shard in self.segments:
             for s in shard:
                 refs += [r for r in (s.l1, s.store, s.ids, s.ivf) if r is not None]
+        for s in self.borders:
+            refs += [s.l1, s.store, s.ids]
         return refs
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +123,8 @@ class Manifest:
             "segments": [[asdict(s) for s in shard] for shard in self.segments],
             "retired": [{"time": t, "files": [asdict(f) for f in files]} for t, files in self.retired],
         }
+        if self.borders:
+            body["borders"] = [asdict(s) for s in self.borders]
         return body
 
 
@@ -174,14 +181,17 @@ def read_manifest(root: Path) -> Manifest:
         params = TmkParams(periods=tuple(p["periods"]), coeffs=tuple(float.fromhex(c) for c in p["coeffs_hex"]),
                            fps=p["fps"], dim=p["dim"], frame_size=p["frame_size"],
                            algorithm=p["algorithm"].encode("ascii"))
-        segs = [[Segment(name=s["name"], count=s["count"], l1=FileRef(**s["l1"]), store=FileRef(**s["store"]),
-                         ids=FileRef(**s["ids"]), ivf=_ref(s.get("ivf")), deleted=list(s["deleted"]))
-                 for s in shard] for shard in body["segments"]]
+        def seg(s: dict[str, Any]) -> Segment:
+            return Segment(name=s["name"], count=s["count"], l1=FileRef(**s["l1"]), store=FileRef(**s["store"]),
+                           ids=FileRef(**s["ids"]), ivf=_ref(s.get("ivf")), deleted=list(s["deleted"]))
+
+        segs = [[seg(s) for s in shard] for shard in body["segments"]]
         ivf = body["ivf"]
         return Manifest(params=params, shards=body["shards"], coarse=body["coarse"], store=body["store"],
                         ivf_nlist=ivf["nlist"], ivf_nprobe=ivf["nprobe"], ivf_trained=_ref(ivf["trained"]),
                         generation=body["generation"], segments=segs, format_version=version,
-                        retired=[(r["time"], [FileRef(**f) for f in r["files"]]) for r in body.get("retired", [])])
+                        retired=[(r["time"], [FileRef(**f) for f in r["files"]]) for r in body.get("retired", [])],
+                        borders=[seg(s) for s in body.get("borders", [])])
     except (KeyError, TypeError, ValueError) as e:
         raise IndexCorruptError(path, f"corrupt manifest (bad field: {e})") from None
 

@@ -124,10 +124,10 @@ def write_small_file(root: Path, rel: str, data: bytes) -> FileRef:
 class SegmentWriter:
     """Appends prepared rows to new segment files of one shard; `finish` makes them durable."""
 
-    def __init__(self, root: Path, shard: int, name: str) -> None:
+    def __init__(self, root: Path, shard: int, name: str, rel: str | None = None) -> None:
         self.root, self.name = root, name
-        self.rel = f"shard-{shard:03d}/{name}"
-        (root / f"shard-{shard:03d}").mkdir(exist_ok=True)
+        self.rel = rel or f"shard-{shard:03d}/{name}"     # rel: another folder (border signatures)
+        (root / self.rel).parent.mkdir(exist_ok=True)
         self._l1 = open(root / f"{self.rel}.l1", "wb")
         self._store = open(root / f"{self.rel}.store", "wb")
         self._l1_crc = 0

@@ -107,3 +107,25 @@ def test_no_ffmpeg_says_so(corpus_mod, monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     with pytest.raises(corpus_mod.CorpusError, match="no ffmpeg executable found: install ffmpeg"):
         corpus_mod.find_ffmpeg()
+
+
+def test_mirror_rotation_and_border_edits(corpus_mod, tmp_path):
+    """The edits added for --robust: every mirror and rotation, borders at several ratios, window-box,
+    coloured bars, each producing the frame size it says (ffmpeg on a 64x48 clip)."""
+    from tests.videos import make_testsrc
+
+    src_path = make_testsrc(tmp_path / "s.mp4", 0.5, 10, size=(64, 48))
+    src = corpus_mod.Source(src_path, "s", 0.5)
+    ffmpeg = corpus_mod.find_ffmpeg()
+    enc = corpus_mod.pick_encoder(ffmpeg)
+    want = {"hflip": (64, 48), "vflip": (64, 48), "rotate-90": (48, 64), "rotate-180": (64, 48),
+            "rotate-270": (48, 64), "transpose": (48, 64), "antitranspose": (48, 64),
+            "letterbox": (64, 72), "letterbox-1.33": (64, 64), "letterbox-2": (64, 96), "pillarbox": (96, 48),
+            "pillarbox-1.33": (84, 48), "pillarbox-2": (128, 48), "windowbox": (88, 66),
+            "letterbox-blue": (64, 72), "pillarbox-grey": (96, 48)}
+    assert set(want) <= set(corpus_mod.TRANSFORMS)
+    for name, (w, h) in want.items():
+        out = tmp_path / f"s__{name}.mp4"
+        corpus_mod.make_variant(ffmpeg, enc, src, name, out)
+        r = subprocess.run([ffmpeg, "-hide_banner", "-i", str(out)], capture_output=True, text=True)
+        assert f" {w}x{h}" in r.stderr, (name, r.stderr[-300:])
