@@ -71,6 +71,13 @@ def decode_bytes(s: str, where: str = "<signal>", params: TmkParams | None = DEF
     Checks length, magic, header, parameters (against ``params``; None accepts any valid
     set) and that every value is finite.
     """
+    data = _raw_bytes(s, where)
+    _validate(data, where, params)
+    return data
+
+
+def _raw_bytes(s: str, where: str) -> bytes:
+    """The bytes a string in either form carries, before any `.tmk` validation."""
     if not isinstance(s, str):
         raise SignalError(where, f"expected a string, got {type(s).__name__}")
     s = s.strip()
@@ -88,8 +95,6 @@ def decode_bytes(s: str, where: str = "<signal>", params: TmkParams | None = DEF
             raise SignalError(where, "prefix before '|' is not ASCII") from None
     else:
         data = _b64(s, where)
-    feats = _validate(data, where, params)
-    del feats
     return data
 
 
@@ -125,8 +130,7 @@ def _validate(data: bytes, where: str, params: TmkParams | None) -> TmkFeatures:
 
 def decode(s: str, where: str = "<signal>", params: TmkParams | None = DEFAULT_PARAMS) -> TmkFeatures:
     """The signature a string holds (either form), validated as in `decode_bytes`."""
-    data = decode_bytes(s, where, params)
-    feats = from_bytes(data, where)
+    feats = _validate(_raw_bytes(s, where), where, params)  # parsed once: validation's parse is the result
     feats.name = ""
     return feats
 
