@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, os_reason
 from kernels.params import DEFAULT_PARAMS, TmkParams
 
 #: The packaged copy (always present, also in a wheel).
@@ -259,12 +259,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return Config()
     try:
         text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(p, "no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(p, "is a directory") from None
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise ConfigError(p, os_reason(e)) from None
     except OSError as e:
-        raise ConfigError(p, f"cannot read config ({e.strerror or e})") from None
+        raise ConfigError(p, f"cannot read config ({os_reason(e)})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "VmatchError", "InputError", "FormatError", "IncompatibleError", "DecodeError", "DecodeTimeout",
-    "StorageError", "ConfigError", "check_compatible", "one_line", "printable", "storage_error",
+    "StorageError", "ConfigError", "check_compatible", "one_line", "os_reason", "printable", "storage_error",
 ]
 
 #: Longest reason text kept in an error (reasons are meant to be one short line).
@@ -139,6 +139,15 @@ def storage_error(e: OSError, path: str | os.PathLike[str] | None = None, note: 
     if e.errno in _STORAGE_ERRNOS:
         return StorageError(where, reason, e.errno)
     return InputError(where, reason)
+
+
+def os_reason(e: OSError) -> str:
+    """The short reason for an OSError met while reading an input: what every reader says."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    return e.strerror or str(e)
 
 
 class _HasParams(Protocol):

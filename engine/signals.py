@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from engine.errors import os_reason
 from engine.tmkfile import HEADER, TmkFormatError, from_bytes, to_bytes
 from engine.features import TmkFeatures
 from kernels.params import DEFAULT_PARAMS, TmkParams
@@ -167,12 +168,8 @@ def parse_line(line: str, lineno: int = 0) -> SignalLine | None:
 def _open_list(path: str | os.PathLike[str], mode: str, **kw: str):
     try:
         return open(path, mode, **kw)
-    except FileNotFoundError:
-        raise SignalError(path, "no such file") from None
-    except IsADirectoryError:
-        raise SignalError(path, "is a directory") from None
     except OSError as e:
-        raise SignalError(path, e.strerror or str(e)) from None
+        raise SignalError(path, os_reason(e)) from None
 
 
 def iter_signal_list(path: str | os.PathLike[str]) -> Iterator[SignalLine | SignalError]:

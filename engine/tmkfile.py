@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from engine.errors import FormatError, check_compatible
+from engine.errors import FormatError, check_compatible, os_reason
 from engine.features import FeatureBatch, TmkFeatures
 from kernels.params import TmkParams
 
@@ -102,12 +102,8 @@ def read_tmk(path: str | os.PathLike[str]) -> TmkFeatures:
     try:
         with open(path, "rb") as fh:
             data = fh.read()
-    except IsADirectoryError:
-        raise TmkFormatError(path, "is a directory") from None
-    except FileNotFoundError:
-        raise TmkFormatError(path, "no such file") from None
     except OSError as e:
-        raise TmkFormatError(path, e.strerror or str(e)) from None
+        raise TmkFormatError(path, os_reason(e)) from None
     return from_bytes(data, path)
 
 
