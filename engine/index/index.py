@@ -530,39 +530,19 @@ class VideoIndex:
                 jobs.append(lambda p=p, h=hasher: hash_video(p, h))
         return self._add_jobs([p.stem for p in paths], [str(p) for p in paths], jobs, progress, workers)
 
-    def _add_tmk_files(self, paths: Sequence[Path], progress: ProgressFn | None, chunk: int = 256) -> int:
-        """Add `.tmk` files: each chunk is read straight into one of two reused buffers and
-        prepared (checksums) in a loader thread while the previous chunk is written."""
-        from engine.tmkfile import BatchBuffer
+    def _add_tmk_files(self, paths: Sequence[Path], progress: ProgressFn | None) -> int:
+        """Add `.tmk` files through the bulk pipeline (engine/index/segment.py `add_tmk_files`:
+        chunks read and prepared on every core while the previous one is written)."""
+        from engine.index.segment import add_tmk_files
 
         ids, sources = [p.stem for p in paths], [str(p) for p in paths]
         with self._writing() as m:
             self._check_new_ids(ids, sources, set(self._locations()))
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
-            store = m.store
-            bufs = [BatchBuffer(self.params, min(chunk, len(paths)), "the index's") for _ in range(2)]
-            nchunks = -(-len(paths) // chunk)
-
-            def load(k: int) -> list[Prepared]:
-                lo = k * chunk
-                b = bufs[k % 2].fill(paths[lo:lo + chunk], workers=1)
-                return [prepare(b[i], ids[lo + i], sources[lo + i], store) for i in range(len(b))]
-
             try:
-                with ThreadPoolExecutor(max_workers=1) as ex:
-                    ahead = ex.submit(load, 0)
-                    for k in range(nchunks):
-                        batch = ahead.result()
-                        if k + 1 < nchunks:     # buffer (k+1) % 2 is free: chunk k-1 is written
-                            ahead = ex.submit(load, k + 1)
-                        for it in batch:
-                            sid = shard_of(it.id, m.shards)
-                            if sid not in writers:
-                                writers[sid] = SegmentWriter(self.root, sid, name)
-                            writers[sid].append([it])
-                        if progress:
-                            progress(len(batch))
+                add_tmk_files(self.root, name, paths, ids, sources, self.params, m.store,
+                              lambda i: shard_of(i, m.shards), writers, progress)
                 self._finish_add(m, writers)
             except BaseException:
                 for w in writers.values():
