@@ -8,7 +8,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
-from engine.cli.common import CliError, Progress, config_from
+from engine.cli.common import CliError, Progress, config_from, import_heavy
 from engine.errors import VmatchError
 
 if TYPE_CHECKING:   # the implementations (torch, faiss) are imported when a command runs
@@ -109,9 +109,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from engine.index import VideoIndex
     from engine.tmkfile import iter_tmk_paths
 
+    VideoIndex = import_heavy("engine.index.index").VideoIndex
     cfg = config_from(args)
     ic = index_config(cfg)
     if bool(args.paths) == bool(args.signals):

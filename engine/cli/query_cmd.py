@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import CliError, config_from
+from engine.cli.common import CliError, config_from, import_heavy
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
 
 if TYPE_CHECKING:
@@ -83,10 +84,49 @@ def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float
     return cfg, ic, ic["c1"] if args.c1 is None else args.c1, ic["c2"] if args.c2 is None else args.c2
 
 
+#: c1 at or below which every row passes level-1 (engine/index/coarse.py SLACK below -1; the
+#: index then searches nothing and scores every live row).
+_C1_ALL = -1.0 + 1e-4
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        import_heavy(module)
+    except BaseException:   # the command imports it again and reports the failure itself
+        pass
+
+
+def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None:
+    """Read the index while torch imports (about 1.5 s of one core, most of which holds the GIL;
+    reading, checksums and page faults do not): the index module is imported in a thread, and
+    meanwhile this thread opens every segment, reads its ids and level-1 vectors and, when c1
+    lets every row through (so every row will be scored), verifies every live row, faulting
+    its pages in (engine/index/segment.py `open_ahead`).  The index adopts that work; anything
+    that failed is met again and reported in its usual place."""
+    from engine.errors import VmatchError
+    from engine.index.manifest import read_manifest
+    from engine.index.segment import open_ahead
+
+    loader = threading.Thread(target=_import_quietly, args=("engine.index.index",), name="vmatch-import",
+                              daemon=True)
+    loader.start()
+    try:
+        root = Path(args.index)
+        m = read_manifest(root)
+        open_ahead(root, [s for shard in m.segments for s in shard], m.params, m.store, ic["verify_reads"],
+                   precheck_all=c1 <= _C1_ALL)
+    except (VmatchError, OSError, ValueError):
+        pass
+    finally:
+        loader.join()
+
+
 def run_query(args: argparse.Namespace) -> int:
     from engine.index.needles import load_needles
 
     cfg, ic, c1, c2 = _settings(args)
+    if not args.robust and not args.ray:
+        _read_ahead(args, ic, c1)
     with cli_errors():
         ix = open_index(args, ic)
         hasher = None

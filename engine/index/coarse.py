@@ -11,11 +11,13 @@ answer never depends on how faiss rounds or on its strict `>` in range search.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-import faiss
 import numpy as np
 import torch
+
+if TYPE_CHECKING:   # faiss is imported where an index is built: a query at --c1 -1 never needs it
+    import faiss
 
 #: Candidates are searched down to threshold - SLACK, then filtered exactly.
 SLACK = 1e-4
@@ -42,6 +44,30 @@ class FaissRange:
             return np.zeros(len(q) + 1, np.int64), np.zeros(0, np.int64)
         lims, _, rows = self.index.range_search(np.ascontiguousarray(q, dtype=np.float32), threshold - SLACK)
         return lims.astype(np.int64), rows.astype(np.int64)
+
+
+def flat_range(vectors: np.ndarray) -> FaissRange:
+    """An exact (IndexFlatIP) range searcher over `vectors`."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return FaissRange(index)
+
+
+class LazyFlat:
+    """A flat CPU searcher built (faiss imported, the vectors copied in) at its first search:
+    a query whose c1 lets every row through never searches, so it never pays for either."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors, self.ntotal = vectors, len(vectors)
+        self._built: FaissRange | None = None
+
+    def search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        if self._built is None:
+            self._built = flat_range(self.vectors)
+        return self._built.search(q, threshold)
 
 
 class GrowingKnn:
@@ -110,6 +136,8 @@ def ivf_nlist(n: int, requested: int) -> int:
 
 def train_ivf(vectors: np.ndarray, nlist: int, seed: int = 1234) -> bytes:
     """Train an empty IVF-Flat (inner product) on unit vectors; returns its serialised form."""
+    import faiss
+
     d = vectors.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
@@ -119,6 +147,8 @@ def train_ivf(vectors: np.ndarray, nlist: int, seed: int = 1234) -> bytes:
 
 def ivf_lists(trained: bytes, vectors: np.ndarray) -> bytes:
     """One segment's IVF lists: the trained index with this segment's vectors added (ids 0..n-1)."""
+    import faiss
+
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return faiss.serialize_index(index).tobytes()
@@ -130,10 +160,9 @@ def build_searcher(kind: str, vectors: np.ndarray, device: torch.device, trained
     if kind == "flat" or trained is None:
         if device.type == "cuda":
             return TorchScan(vectors, device)
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        if len(vectors):
-            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return FaissRange(index)
+        return LazyFlat(vectors)
+    import faiss
+
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     for data, first in segment_ivfs:
         index.merge_from(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), first)

@@ -516,7 +516,7 @@ class VideoIndex:
             with one_video_at_a_time:
                 return h.hash(p)  # type: ignore[attr-defined]
 
-        if paths and all(p.suffix.lower() == ".tmk" for p in paths):
+        if paths and not sidecars and all(p.suffix.lower() == ".tmk" for p in paths):
             return self._add_tmk_files(paths, progress)
         for p in paths:
             if p in sidecars:
@@ -792,13 +792,25 @@ class VideoIndex:
             rows = shards[ush[lo]].rows(urow[lo:hi])
             return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
 
-        # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
-        # this one is scored.
+        score = self._scorer.score_raw if raw else self._scorer.score
         if len(firsts) == 1:      # one batch (a typical lookup): nothing to overlap, no threads to start
             pos = order[starts[0]:starts[1]]
             with self._compute_threads():
-                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2)
+                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2)
             return l2, offs
+        if self.device.type == "cpu" and (raw or self.manifest.store == "fp32") and not self._memory:
+            # CPU, rows scored where they lie (no widening buffers to share): each worker reads and
+            # scores whole batches with one torch thread, so every core scores (docs/benchmarks.md)
+            def job(b: int) -> None:
+                pos = order[starts[b]:starts[b + 1]]
+                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - firsts[b], fetch(b), c2)
+
+            workers = max(1, min(len(firsts), os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=workers) as ex, self._compute_threads(workers):
+                list(ex.map(job, range(len(firsts))))
+            return l2, offs
+        # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
+        # this one is scored.
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
             for b, s in enumerate(firsts):
@@ -806,17 +818,17 @@ class VideoIndex:
                 if b + self.prefetch < len(firsts):
                     ahead.append(ex.submit(fetch, b + self.prefetch))
                 pos = order[starts[b]:starts[b + 1]]
-                score = self._scorer.score_raw if raw else self._scorer.score
                 l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
         return l2, offs
 
     @contextmanager
-    def _compute_threads(self) -> Iterator[None]:
+    def _compute_threads(self, workers: int = 0) -> Iterator[None]:
         """On CPU, leave the prefetch workers their cores: torch's intra-op threads spin-wait, and
-        oversubscribing them made a 2-core scan 3-4x slower (docs/benchmarks.md)."""
+        oversubscribing them made a 2-core scan 3-4x slower (docs/benchmarks.md).  ``workers``:
+        that many threads score at once, one torch thread each."""
         before = torch.get_num_threads()
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - self.prefetch)))
+            torch.set_num_threads(1 if workers else max(1, min(before, (os.cpu_count() or 1) - self.prefetch)))
         try:
             yield
         finally:
