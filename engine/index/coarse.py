@@ -46,28 +46,28 @@ class FaissRange:
         return lims.astype(np.int64), rows.astype(np.int64)
 
 
-def flat_range(vectors: np.ndarray) -> FaissRange:
-    """An exact (IndexFlatIP) range searcher over `vectors`."""
+def _flat_index(vectors: np.ndarray) -> "faiss.Index":
     import faiss
 
     index = faiss.IndexFlatIP(vectors.shape[1])
     if len(vectors):
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return FaissRange(index)
+    return index
 
 
-class LazyFlat:
-    """A flat CPU searcher built (faiss imported, the vectors copied in) at its first search:
-    a query whose c1 lets every row through never searches, so it never pays for either."""
+class LazyFlat(FaissRange):
+    """The flat CPU searcher, its faiss index built (faiss imported, the vectors copied in) when
+    first used: a query whose c1 lets every row through never searches, so never pays for it."""
 
-    def __init__(self, vectors: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray) -> None:  # noqa: super().__init__ would build it
         self.vectors, self.ntotal = vectors, len(vectors)
-        self._built: FaissRange | None = None
+        self._index: faiss.Index | None = None
 
-    def search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        if self._built is None:
-            self._built = flat_range(self.vectors)
-        return self._built.search(q, threshold)
+    @property
+    def index(self) -> "faiss.Index":  # type: ignore[override]
+        if self._index is None:
+            self._index = _flat_index(self.vectors)
+        return self._index
 
 
 class GrowingKnn:
