@@ -3,7 +3,7 @@
 and never divided by in-process ones).
 
     python scripts/bench_scale.py read   --items 10000 --workdir /tmp/vmatch-scale
-    python scripts/bench_scale.py add    --items 20000 --workdir /tmp/vmatch-scale
+    python scripts/bench_scale.py add    --items 20000 --workdir /tmp/vmatch-scale --stores int8,fp16,fp32
     python scripts/bench_scale.py start  [--repeat 10]
     python scripts/bench_scale.py query  --items 20000 --workdir /tmp/vmatch-scale     # runs tmk-query (~100 s)
     python scripts/bench_scale.py hash   [--repeat 1]                                  # runs tmk-hash-video
@@ -13,11 +13,14 @@ read:   in-process files/s of `engine.tmkfile.read_batch` (warm cache, 2 workers
         previous reader (read_tmk per file in 8 threads, then stacked) and against plain
         os.read of the same files; whole-process `vmatch score --c1 2 --needle N FILES`
         against `cat FILES` and the reference `tmk-query --c1 2 --level-1-only`.
-add:    whole-process `vmatch index add` of N files (files/s).
+add:    whole-process `vmatch index add` of N files (files/s, median and best of --repeat, each
+        into a fresh index) for each of --stores, next to the disk's own fsynced write rate of
+        random bytes (--disk-probe) and the files/s that rate allows for each store's bytes.
 start:  whole-process start-up of `vmatch --help`, `info`, `compare`, `index info` (median
         of --repeat runs) next to `python -c pass` and `python -c "import torch"`.
-query:  whole-process `vmatch query INDEX needle --c1 -1 --c2 -1` against the reference
-        `tmk-query --c1 -1 --c2 -1 needles.txt haystack.txt` over the same N files.
+query:  whole-process `vmatch query INDEX needle --c1 -1 --c2 -1` (median and best of --repeat,
+        index of --store, built once or given by --index) against the reference
+        `tmk-query --c1 -1 --c2 -1 needles.txt haystack.txt` over the same N files, run once.
 hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run once per video,
         and one short clip per command (whole process both).
 level2: one-thread in-process level-2 pairs/s from fp32, fp16 and int8 (candidates in memory, a
@@ -126,18 +129,52 @@ def bench_read(args) -> dict:
     return out
 
 
+def disk_write_rate(folder: str, mib: int = 1024) -> float:
+    """MB/s of writing `mib` MiB of incompressible bytes and fsyncing them (the ceiling of an add:
+    zeros are written several times faster by this machine's virtual disk, so `dd if=/dev/zero`
+    overstates it)."""
+    import numpy as np
+    block = np.random.default_rng(0).integers(0, 2 ** 63, size=(4 << 20) // 8, dtype=np.int64).view(np.uint8)
+    path = Path(folder) / ".disk-probe"
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(mib // 4):
+            block[:8] = np.frombuffer(i.to_bytes(8, "little"), np.uint8)   # no two blocks alike
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return mib * (1 << 20) / (time.perf_counter() - t0) / 1e6
+
+
 def bench_add(args) -> dict:
     paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)
     warm(paths)
-    out: dict = {"files": len(paths)}
+    out: dict = {"files": len(paths), "repeat": args.repeat}
+    if args.disk_probe:
+        out["disk_write_random_fsync_MB_s"] = round(disk_write_rate(args.workdir, args.disk_probe), 1)
+        log(f"disk: {out['disk_write_random_fsync_MB_s']} MB/s (random bytes, fsynced)")
     for store in args.stores.split(","):
-        with tempfile.TemporaryDirectory(dir=args.workdir) as d:
-            ix = f"{d}/ix"
-            timed([*VMATCH, "index", "create", ix, "--store", store])
-            dt, r = timed([*VMATCH, "index", "add", ix, *map(str, paths)])
-            out[f"whole_process_index_add_{store}_s"] = round(dt, 2)
-            out[f"whole_process_index_add_{store}_files_per_s"] = round(len(paths) / dt, 1)
+        ts, written = [], 0
+        for _ in range(args.repeat):
+            warm(paths)
+            with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+                ix = f"{d}/ix"
+                timed([*VMATCH, "index", "create", ix, "--store", store])
+                dt, r = timed([*VMATCH, "index", "add", ix, *map(str, paths)])
+                ts.append(dt)
+                written = sum(f.stat().st_size for f in Path(ix).rglob("*") if f.is_file())
             log(f"add {store}: {dt:.2f} s, {len(paths) / dt:.0f} files/s")
+        med = statistics.median(ts)
+        out[f"whole_process_index_add_{store}_s"] = [round(t, 2) for t in ts]
+        out[f"whole_process_index_add_{store}_files_per_s_median"] = round(len(paths) / med, 1)
+        out[f"whole_process_index_add_{store}_files_per_s_best"] = round(len(paths) / min(ts), 1)
+        out[f"index_{store}_bytes_per_file"] = round(written / len(paths))
+        if args.disk_probe:   # what the disk alone allows for this store's bytes
+            out[f"disk_bound_{store}_files_per_s"] = round(
+                out["disk_write_random_fsync_MB_s"] * 1e6 / out[f"index_{store}_bytes_per_file"], 1)
     return out
 
 
@@ -172,8 +209,8 @@ def bench_start(args) -> dict:
 
 def bench_query(args) -> dict:
     paths = make_bank_files(Path(args.workdir) / f"files-{args.items}", args.items)
-    ix = Path(args.workdir) / f"index-{args.items}-{args.store}"
-    out: dict = {"items": len(paths), "store": args.store}
+    ix = Path(args.index) if args.index else Path(args.workdir) / f"index-{args.items}-{args.store}"
+    out: dict = {"items": len(paths), "store": args.store, "index": str(ix), "repeat": args.repeat}
     if not (ix / "DONE").exists():
         warm(paths)
         timed([*VMATCH, "index", "create", str(ix), "--store", args.store])
@@ -183,13 +220,23 @@ def bench_query(args) -> dict:
         log(f"index add: {dt:.1f} s")
         (ix / "DONE").write_text("")
     warm(paths)
+    warm(sorted(p for p in ix.rglob("*") if p.is_file()))
     needle = str(paths[1])
-    ts = []
+    ts, cpu = [], []
     for _ in range(args.repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         dt, r = timed([*VMATCH, "query", str(ix), needle, "--c1", "-1", "--c2", "-1"])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         ts.append(dt)
-    out["whole_process_vmatch_query_s"] = round(min(ts), 2)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        log(f"vmatch query: {dt:.2f} s ({cpu[-1]:.2f} s CPU)")
+    out["whole_process_vmatch_query_s"] = [round(t, 2) for t in ts]
+    out["whole_process_vmatch_query_median_s"] = round(statistics.median(ts), 2)
+    out["whole_process_vmatch_query_best_s"] = round(min(ts), 2)
+    out["whole_process_vmatch_query_median_cpu_s"] = round(statistics.median(cpu), 2)
     out["vmatch_lines"] = len(r.stdout.splitlines())
+    if args.no_reference:
+        return out
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "n.txt").write_text(needle + "\n")
         (Path(d) / "h.txt").write_text("\n".join(map(str, paths)) + "\n")
@@ -197,7 +244,8 @@ def bench_query(args) -> dict:
         t_ref, rr = timed([oracle_tool("tmk-query"), "--c1", "-1", "--c2", "-1", f"{d}/n.txt", f"{d}/h.txt"])
     out["whole_process_reference_tmk_query_s"] = round(t_ref, 2)
     out["reference_lines"] = len(rr.stdout.splitlines())
-    out["ratio"] = round(t_ref / out["whole_process_vmatch_query_s"], 1)
+    out["ratio_median"] = round(t_ref / out["whole_process_vmatch_query_median_s"], 1)
+    out["ratio_best"] = round(t_ref / out["whole_process_vmatch_query_best_s"], 1)
     return out
 
 
@@ -300,6 +348,10 @@ def main() -> None:
     ap.add_argument("--near-fraction", type=float, default=0.05)
     ap.add_argument("--ref-pairs", type=int, default=400)
     ap.add_argument("--read", type=int, default=0, help="read: only the first N files of the bank")
+    ap.add_argument("--index", help="query: an existing index of the bank (with a DONE file), used read-only")
+    ap.add_argument("--no-reference", action="store_true", help="query: vmatch only (no ratio)")
+    ap.add_argument("--disk-probe", type=int, default=1024, metavar="MIB",
+                    help="add: first write MIB MiB of random bytes with fsync (0: skip)")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     out = {"what": args.what, "load_avg_start": os.getloadavg()}
