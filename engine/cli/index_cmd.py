@@ -8,7 +8,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
-from engine.cli.common import CliError, Progress, config_from, import_heavy
+from engine.cli.common import CliError, Progress, config_from, import_heavy, importing
 from engine.errors import VmatchError
 
 if TYPE_CHECKING:   # the implementations (torch, faiss) are imported when a command runs
@@ -111,17 +111,19 @@ def run_create(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     from engine.tmkfile import iter_tmk_paths
 
+    with importing("engine.index.index"):    # listing and checking 20,000 paths overlaps torch's import
+        cfg = config_from(args)
+        ic = index_config(cfg)
+        if bool(args.paths) == bool(args.signals):
+            raise CliError("index add: give either PATH... or --signals LIST", 2)
+        if not args.signals:
+            paths = iter_tmk_paths(args.paths)
+            for p in paths:
+                if not p.exists():
+                    raise CliError(f"{p}: no such file")
     VideoIndex = import_heavy("engine.index.index").VideoIndex
-    cfg = config_from(args)
-    ic = index_config(cfg)
-    if bool(args.paths) == bool(args.signals):
-        raise CliError("index add: give either PATH... or --signals LIST", 2)
     if args.signals:
         return _add_signals(args, ic)
-    paths = iter_tmk_paths(args.paths)
-    for p in paths:
-        if not p.exists():
-            raise CliError(f"{p}: no such file")
     with cli_errors():
         ix = VideoIndex(args.index, device="cpu")
         hasher = make_hasher(cfg, ix.params, args.device) if any(p.suffix.lower() != ".tmk" for p in paths) else None

@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import CliError, config_from, import_heavy
+from engine.cli.common import CliError, config_from, importing
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
 
 if TYPE_CHECKING:
@@ -89,13 +88,6 @@ def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float
 _C1_ALL = -1.0 + 1e-4
 
 
-def _import_quietly(module: str) -> None:
-    try:
-        import_heavy(module)
-    except BaseException:   # the command imports it again and reports the failure itself
-        pass
-
-
 def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None:
     """Read the index while torch imports (about 1.5 s of one core, most of which holds the GIL;
     reading, checksums and page faults do not): the index module is imported in a thread, and
@@ -107,18 +99,14 @@ def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None
     from engine.index.manifest import read_manifest
     from engine.index.segment import open_ahead
 
-    loader = threading.Thread(target=_import_quietly, args=("engine.index.index",), name="vmatch-import",
-                              daemon=True)
-    loader.start()
-    try:
-        root = Path(args.index)
-        m = read_manifest(root)
-        open_ahead(root, [s for shard in m.segments for s in shard], m.params, m.store, ic["verify_reads"],
-                   precheck_all=c1 <= _C1_ALL)
-    except (VmatchError, OSError, ValueError):
-        pass
-    finally:
-        loader.join()
+    with importing("engine.index.index"):
+        try:
+            root = Path(args.index)
+            m = read_manifest(root)
+            open_ahead(root, [s for shard in m.segments for s in shard], m.params, m.store, ic["verify_reads"],
+                       precheck_all=c1 <= _C1_ALL)
+        except (VmatchError, OSError, ValueError):
+            pass
 
 
 def run_query(args: argparse.Namespace) -> int:
