@@ -53,8 +53,11 @@ class VideoHasher:
 
     def __init__(self, params: TmkParams = DEFAULT_PARAMS, mode: str = "auto", device: "str | torch.device" = "auto",
                  chunk_frames: int = 256, timeout_s: float | None = 600.0, backend: str = "auto",
-                 fast_exact_below: float = 32.0, torch_threads: int | None = None) -> None:
+                 fast_exact_below: float = 32.0, torch_threads: int | None = None,
+                 decode_threads: int = 0) -> None:
         self.params = params
+        #: decord's decoding threads (engine.decode.VideoDecoder ``threads``; 0: one per core)
+        self.decode_threads = decode_threads
         #: 'cpu' or 'cuda' (known without torch where no GPU driver is present)
         self.device_type = device_kind(device)
         self.mode = resolve_mode(mode, self.device_type)
@@ -132,7 +135,7 @@ class VideoHasher:
         """Hash one video file; raises DecodeError (one-line reason) for unreadable input."""
         with VideoDecoder(path, size=self.params.frame_size, out_fps=self.params.fps,
                           chunk_frames=self.chunk_frames, backend=self.backend,
-                          timeout_s=self.timeout_s) as dec:
+                          timeout_s=self.timeout_s, threads=self.decode_threads) as dec:
             feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress, on_chunk)
             self.last_stats = HashStats(feats.frame_count, dec.info)
         return feats

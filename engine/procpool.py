@@ -35,8 +35,12 @@ def mp_context() -> multiprocessing.context.BaseContext:
 def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], jobs: int, *,
                 initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
                 on_crash: Callable[[_T, str], _R],
-                context: multiprocessing.context.BaseContext | None = None) -> Iterator[_R]:
+                context: multiprocessing.context.BaseContext | None = None,
+                cost: Callable[[_T], float] | None = None) -> Iterator[_R]:
     """``fn(item)`` for each item in ``jobs`` worker processes, yielded in input order.
+
+    ``cost`` (e.g. file size): items are started costliest first, so the last one to finish
+    is a short one and no core idles through a long tail; results still come in input order.
 
     The workers start (fork) here, before the caller starts threads; results are collected
     when the returned iterator is consumed.  ``fn`` and ``initializer`` must be picklable
@@ -47,14 +51,20 @@ def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T], jobs: int, *,
     ctx = context or mp_context()
     pending = list(items)
     workers = max(1, min(jobs, len(pending)))
-    pool = _start(fn, pending, workers, ctx, initializer, initargs) if pending else None
+    order = sorted(range(len(pending)), key=lambda i: -cost(pending[i])) if cost else None
+    pool = _start(fn, pending, workers, ctx, initializer, initargs, order) if pending else None
     return _collect(fn, pending, workers, pool, ctx, initializer, initargs, on_crash)
 
 
 def _start(fn: Callable[[_T], _R], items: Sequence[_T], workers: int, ctx: Any,
-           initializer: Any, initargs: tuple[Any, ...]) -> tuple[ProcessPoolExecutor, list[Any]]:
+           initializer: Any, initargs: tuple[Any, ...],
+           order: list[int] | None = None) -> tuple[ProcessPoolExecutor, list[Any]]:
+    """A pool running ``fn`` on every item, submitted in ``order``; the futures in item order."""
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs)
-    return ex, [ex.submit(fn, it) for it in items]
+    futures: list[Any] = [None] * len(items)
+    for i in order if order is not None else range(len(items)):
+        futures[i] = ex.submit(fn, items[i])
+    return ex, futures
 
 
 def _collect(fn: Callable[[_T], _R], pending: list[_T], workers: int, pool: Any, ctx: Any,

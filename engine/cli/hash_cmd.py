@@ -69,12 +69,16 @@ def run(args: argparse.Namespace) -> int:
     use_processes = jobs > 1 and hasher.kernels == "numpy"
     frames_q = None
     if use_processes:
+        from engine.decode import preload
         from engine.procpool import mp_context, ordered_map
 
+        if jobs >= _cores():        # the cores are busy with videos: no decoding threads on top
+            setup.overrides["decode_threads"] = 1
+        preload()                   # decoder libraries imported once, inherited by forked workers
         ctx = mp_context()          # before any thread (the bar's, the queue's) starts
         frames_q = ctx.SimpleQueue()
         results = ordered_map(_worker_hash, tasks, jobs, initializer=_worker_init,
-                              initargs=(setup, frames_q), on_crash=_crashed, context=ctx)
+                              initargs=(setup, frames_q), on_crash=_crashed, context=ctx, cost=_size)
     else:
         _worker_init(setup, None, hasher)
         ex = ThreadPoolExecutor(max_workers=jobs)
@@ -114,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         return fail(f"{failures} of {len(args.videos)} inputs failed")
     return 0
+
+
+def _size(task: tuple[str, Path]) -> float:
+    """A video's expected hashing cost: its size (missing files fail at once: cost 0)."""
+    try:
+        return float(os.path.getsize(task[0]))
+    except OSError:
+        return 0.0
 
 
 def _cores() -> int:
