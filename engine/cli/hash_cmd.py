@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
                               initargs=(setup, frames_q), on_crash=_crashed, context=ctx, cost=_size)
     else:
         _worker_init(setup, None, hasher)
-        ex = ThreadPoolExecutor(max_workers=jobs)
-        results = ex.map(_worker_hash, tasks)
+        ex = ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else None
+        results = ex.map(_worker_hash, tasks) if ex else map(_worker_hash, tasks)
     failures, frames = 0, 0
     bar = Progress(len(args.videos), "hash", "video")
     lock = threading.Lock()
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             frames_q.put(None)
             if drain is not None:
                 drain.join(timeout=5)
-        if not use_processes:
+        if not use_processes and ex is not None:
             ex.shutdown()
     bar.close()
     if failures:

@@ -370,7 +370,7 @@ class VideoDecoder:
         self._used = False
         self._reason = ""
         self._facts: choose.StreamFacts | None = None
-        self._ffmpeg = find_ffmpeg() if backend in ("auto", "ffmpeg") else None
+        self._ffmpeg_exe: str | None | bool = False   # looked up when first needed (False: not yet)
         self._check_path()
         width, height = self._call(self._probe)
         self._source = self._call(self._open_source)
@@ -386,6 +386,14 @@ class VideoDecoder:
         )
 
     # -- opening
+
+    @property
+    def _ffmpeg(self) -> str | None:
+        """The exact pipe's ffmpeg, found on first use: an input decord reads needs none, and
+        checking the version runs ``ffmpeg -version`` (a process start per video)."""
+        if self._ffmpeg_exe is False:
+            self._ffmpeg_exe = find_ffmpeg() if self.backend in ("auto", "ffmpeg") else None
+        return self._ffmpeg_exe  # type: ignore[return-value]
 
     def _check_path(self) -> None:
         p = Path(self.path)
