@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     # streams one video in bounded chunks, so memory grows with -j, not with video length.
     # torch kernels (fast mode, CUDA) stay in threads: one device, GIL-releasing kernels.
     use_processes = jobs > 1 and hasher.kernels == "numpy"
-    frames_q = None
+    frames_q: Any = None
+    ex: ThreadPoolExecutor | None = None
     if use_processes:
         from engine.decode import preload
         from engine.procpool import mp_context, ordered_map
@@ -81,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
                               initargs=(setup, frames_q), on_crash=_crashed, context=ctx, cost=_size)
     else:
         _worker_init(setup, None, hasher)
-        ex = ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else None
-        results = ex.map(_worker_hash, tasks) if ex else map(_worker_hash, tasks)
+        if jobs > 1:
+            ex = ThreadPoolExecutor(max_workers=jobs)
+            results = ex.map(_worker_hash, tasks)
+        else:
+            results = map(_worker_hash, tasks)
     failures, frames = 0, 0
     bar = Progress(len(args.videos), "hash", "video")
     lock = threading.Lock()
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             frames_q.put(None)
             if drain is not None:
                 drain.join(timeout=5)
-        if not use_processes and ex is not None:
+        if ex is not None:
             ex.shutdown()
     bar.close()
     if failures:
@@ -149,7 +153,6 @@ class _Setup:
 class _State(threading.local):
     """Per worker (thread or process): its hasher, border hasher and progress callback."""
 
-    setup: _Setup | None = None
     hasher: Any = None
     border_hasher: Any = None
     on_frames: Callable[[int], None] | None = None
