@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["auto", "decord", "pyav", "ffmpeg"],
                    help="decoder (auto: per input, see docs/compatibility.md)")
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
-                   help="videos hashed at once (default: one per CPU core on CPU, 1 on CUDA); each streams "
-                        "in bounded chunks, so memory grows with N, not with video length")
+                   help="videos hashed at once (default: one per CPU core on CPU, 1 on CUDA); on CPU each in "
+                        "its own worker process; each streams in bounded chunks, so memory grows with N, not "
+                        "with video length")
     p.add_argument("--borders", action="store_true",
                    help="also detect letterbox / pillarbox / window-box borders and, where found, write the "
                         "signature of the content inside them as STEM.borders.tmk beside STEM.tmk (the "
