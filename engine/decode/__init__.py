@@ -172,20 +172,21 @@ def prestart(path: str | os.PathLike[str], size: int = DEFAULT_PARAMS.frame_size
     exe = ffmpeg_candidate()
     if exe is None:
         return None
+    try:
+        pipe = FfmpegPipeSource(p, size, out_fps, exe).start()
+    except OSError:
+        return None
     # is it 5.1? (`ffmpeg -version`: another ffmpeg start) asked while the pipe already decodes
     box: dict[str, str | None] = {}
     check = threading.Thread(target=lambda: box.setdefault("exe", find_ffmpeg()), name="ffmpeg-version",
                              daemon=True)
+    check.start()
 
     def verified() -> bool:
         check.join()
         return box.get("exe") == exe
 
-    try:
-        pipe = FfmpegPipeSource(p, size, out_fps, exe).start(verify=verified)
-    except OSError:
-        return None
-    check.start()
+    pipe.verified = verified
     return pipe
 
 

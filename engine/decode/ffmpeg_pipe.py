@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -87,12 +87,11 @@ class FfmpegPipeSource:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._killed = False
-        self._verify: Callable[[], bool] | None = None
 
     def verified(self) -> bool:
-        """Whether ``ffmpeg`` is the reference's 5.1: checked before construction, or, for a
-        pipe started early (``start(verify=...)``), by the check running meanwhile."""
-        return self._verify() if self._verify is not None else True
+        """Whether ``ffmpeg`` is the reference's 5.1 (checked before construction, except for
+        a pipe started early by ``engine.decode.prestart``, which checks it meanwhile)."""
+        return True
 
     def command(self) -> list[str]:
         """The reference's argument list (spec 2.1); logging options do not change the frames."""
@@ -101,11 +100,9 @@ class FfmpegPipeSource:
                 "-i", os.path.abspath(self.path), "-s", f"{self.size}:{self.size}", "-an",
                 "-f", "rawvideo", "-c:v", "rawvideo", "-pix_fmt", "rgb24", "-r", str(self.out_fps), "pipe:1"]
 
-    def start(self, verify: Callable[[], bool] | None = None) -> "FfmpegPipeSource":
+    def start(self) -> "FfmpegPipeSource":
         """Start ffmpeg now (``chunks`` reads it later): a caller with other work to do first
-        (imports, probing) lets it decode meanwhile, into a pipe enlarged to hold ~85 frames.
-        ``verify``: the version check still running (see ``verified``)."""
-        self._verify = verify
+        (imports, probing) lets it decode meanwhile, into a pipe enlarged to hold ~85 frames."""
         with self._lock:
             if self._proc is None and not self._killed:
                 self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

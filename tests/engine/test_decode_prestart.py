@@ -66,16 +66,3 @@ def test_one_video_hash_uses_the_early_pipe_and_the_same_bytes(clip, tmp_path):
     r2 = vm(clip, tmp_path / "b.mp4", "-d", tmp_path / "d", "-j", "1")   # two inputs: no early pipe (decord)
     assert r2.returncode == 0 and "before probing" not in r2.stderr, r2.stderr
     assert (tmp_path / "one.tmk").read_bytes() == (tmp_path / "d" / "a.tmk").read_bytes()
-
-
-def test_an_early_pipe_that_is_not_ffmpeg_5_1_is_dropped(clip, tmp_path, monkeypatch):
-    fake = tmp_path / "ffmpeg"
-    fake.write_text("#!/bin/sh\nexec %s \"$@\"\n" % "cat /dev/null")   # runs, prints no version
-    fake.chmod(0o755)
-    monkeypatch.setenv("VMATCH_FFMPEG", str(fake))
-    pipe = prestart(clip)
-    assert pipe is not None and not pipe.verified()
-    with VideoDecoder(clip, pipe=pipe) as dec:          # chooses as without it (no pipe: decord)
-        assert dec.info.backend == "decord"
-        assert len(np.concatenate(list(dec))) > 40
-    assert pipe._killed
