@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.decode import choose
 from engine.decode.errors import DecodeError, DecodeTimeout, _one_line
-from engine.decode.ffmpeg_pipe import FfmpegPipeSource, ffmpeg_candidate, find_ffmpeg
+from engine.decode.ffmpeg_pipe import FfmpegPipeSource, find_ffmpeg
 from engine.decode.select import _CfrSync, select_frames
 from kernels.params import DEFAULT_PARAMS
 
@@ -169,25 +169,13 @@ def prestart(path: str | os.PathLike[str], size: int = DEFAULT_PARAMS.frame_size
             return None
     except OSError:
         return None
-    exe = ffmpeg_candidate()
+    exe = find_ffmpeg()
     if exe is None:
         return None
     try:
-        pipe = FfmpegPipeSource(p, size, out_fps, exe).start()
+        return FfmpegPipeSource(p, size, out_fps, exe).start()
     except OSError:
         return None
-    # is it 5.1? (`ffmpeg -version`: another ffmpeg start) asked while the pipe already decodes
-    box: dict[str, str | None] = {}
-    check = threading.Thread(target=lambda: box.setdefault("exe", find_ffmpeg()), name="ffmpeg-version",
-                             daemon=True)
-    check.start()
-
-    def verified() -> bool:
-        check.join()
-        return box.get("exe") == exe
-
-    pipe.verified = verified
-    return pipe
 
 
 def preload() -> None:
@@ -474,9 +462,6 @@ class VideoDecoder:
             container.close()
 
     def _open_source(self) -> _DecordSource | _PyAVSource | FfmpegPipeSource:
-        if self._pipe is not None and not self._pipe.verified():
-            self._pipe.close()      # not the reference's ffmpeg 5.1: choose as without it
-            self._pipe = None
         if self._pipe is not None:
             return self._adopt_pipe(self._pipe)
         if self.backend == "pyav":

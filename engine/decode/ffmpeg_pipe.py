@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.decode.errors import DecodeError, _one_line
 
-__all__ = ["ffmpeg_candidate", "find_ffmpeg", "FfmpegPipeSource", "REFERENCE_FFMPEG_VERSION"]
+__all__ = ["find_ffmpeg", "FfmpegPipeSource", "REFERENCE_FFMPEG_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +43,19 @@ def _version(exe: str) -> str:
     return m.group(1) if m else ""
 
 
-def ffmpeg_candidate() -> str | None:
-    """The executable ``find_ffmpeg`` would check (``$VMATCH_FFMPEG`` or ``ffmpeg`` on PATH),
-    without running it; None where the pipe is turned off or there is none."""
-    env = os.environ.get("VMATCH_FFMPEG")
-    if env is not None:
-        return None if env.lower() in ("", "0", "none", "off") else env
-    return shutil.which("ffmpeg")
-
-
 def find_ffmpeg() -> str | None:
     """The ffmpeg executable for the exact pipe: ``$VMATCH_FFMPEG``, else ``ffmpeg`` on PATH if 5.1.x.
 
     ``VMATCH_FFMPEG=none`` (or empty-string-like ``0``) turns the pipe off.
     """
-    exe = ffmpeg_candidate()
+    env = os.environ.get("VMATCH_FFMPEG")
+    if env is not None:
+        if env.lower() in ("", "0", "none", "off"):
+            return None
+        return env if _version(env) else None
+    exe = shutil.which("ffmpeg")
     if exe is None:
         return None
-    if os.environ.get("VMATCH_FFMPEG") is not None:
-        return exe if _version(exe) else None
     version = _version(exe)
     # Debian spells it "5.1.9-0+deb12u1"; builds from git say "n5.1.x".
     if version.lstrip("n").startswith(REFERENCE_FFMPEG_VERSION + "."):
@@ -87,11 +81,6 @@ class FfmpegPipeSource:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._killed = False
-
-    def verified(self) -> bool:
-        """Whether ``ffmpeg`` is the reference's 5.1 (checked before construction, except for
-        a pipe started early by ``engine.decode.prestart``, which checks it meanwhile)."""
-        return True
 
     def command(self) -> list[str]:
         """The reference's argument list (spec 2.1); logging options do not change the frames."""
