@@ -131,12 +131,11 @@ class VideoHasher:
         return cls(params, **kw)  # type: ignore[arg-type]
 
     def hash(self, path: str | os.PathLike[str], progress: ProgressFn | None = None,
-             on_chunk: Callable[[np.ndarray], None] | None = None, pipe: Any = None) -> TmkFeatures:
-        """Hash one video file; raises DecodeError (one-line reason) for unreadable input.
-        ``pipe``: an ffmpeg pipe already started for it (engine.decode.prestart)."""
+             on_chunk: Callable[[np.ndarray], None] | None = None) -> TmkFeatures:
+        """Hash one video file; raises DecodeError (one-line reason) for unreadable input."""
         with VideoDecoder(path, size=self.params.frame_size, out_fps=self.params.fps,
                           chunk_frames=self.chunk_frames, backend=self.backend,
-                          timeout_s=self.timeout_s, threads=self.decode_threads, pipe=pipe) as dec:
+                          timeout_s=self.timeout_s, threads=self.decode_threads) as dec:
             feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress, on_chunk)
             self.last_stats = HashStats(feats.frame_count, dec.info)
         return feats

@@ -55,16 +55,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         targets = [Path(args.output)]
     overrides = dict(mode=args.mode, device=args.device, timeout_s=args.timeout or None, backend=args.backend)
-    if len(args.videos) == 1 and not args.borders and (args.backend or cfg.backend) in ("auto", "ffmpeg"):
-        # one video: ffmpeg (the reference's command) decodes on another core while the
-        # rest of this process starts (decoder imports, probing)
-        from engine.decode import prestart
-
-        _SHARED["pipe"] = (args.videos[0], prestart(args.videos[0], config.tmk.frame_size, config.tmk.fps))
     try:
         hasher = VideoHasher.from_config(cfg, config.tmk, **overrides)  # checks the settings once
     except (RuntimeError, ValueError) as e:
-        _close_pipe()
         raise CliError(str(e), 2) from None
     setup = _Setup(cfg, config.tmk, overrides, args.borders)
     jobs = args.jobs or (1 if hasher.device_type == "cuda" else min(_cores(), len(args.videos)))
@@ -120,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
                     bar.write(err)
                 bar.update(1)
     finally:
-        _close_pipe()               # unused (the hash failed before decoding): stop it
         if frames_q is not None:
             frames_q.put(None)
             if drain is not None:
@@ -197,9 +189,7 @@ def _worker_hash(task: tuple[str, Path]) -> tuple[str | None, list[str]]:
         progress = _STATE.on_frames or _SHARED.get("on_frames")
         if setup.borders:
             return None, _hash_with_borders(_STATE.border_hasher, video, target, progress)
-        early = _SHARED.pop("pipe", None)
-        pipe = early[1] if early is not None and early[0] == video else None
-        write_tmk(target, _STATE.hasher.hash(video, progress=progress, pipe=pipe))
+        write_tmk(target, _STATE.hasher.hash(video, progress=progress))
         return None, []
     except DecodeError as e:
         return f"vmatch: {e}", []
@@ -207,12 +197,6 @@ def _worker_hash(task: tuple[str, Path]) -> tuple[str | None, list[str]]:
         return f"vmatch: {target}: cannot write ({e.strerror or e})", []
     except Exception as e:  # noqa: BLE001 - one bad input must not stop the batch
         return f"vmatch: {video}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", []
-
-
-def _close_pipe() -> None:
-    early = _SHARED.pop("pipe", None)
-    if early is not None and early[1] is not None:
-        early[1].close()
 
 
 def _crashed(task: tuple[str, Path], reason: str) -> tuple[str | None, list[str]]:

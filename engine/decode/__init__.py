@@ -42,7 +42,6 @@ __all__ = [
     "VideoDecoder",
     "decode_frames",
     "preload",
-    "prestart",
     "select_frames",
 ]
 
@@ -153,29 +152,6 @@ def _rotation_filters(m: np.ndarray | None) -> list[tuple[str, str]]:
     if abs(theta) > _ROTATION_SLACK:
         return [("rotate", f"{theta:f}*PI/180")]
     return [("vflip", "")] if m[4] < 0 else []
-
-
-def prestart(path: str | os.PathLike[str], size: int = DEFAULT_PARAMS.frame_size,
-             out_fps: int = DEFAULT_PARAMS.fps) -> FfmpegPipeSource | None:
-    """Start the reference's ffmpeg command for one input now, to hand to ``VideoDecoder(pipe=)``.
-
-    A one-video command lets ffmpeg decode (in its own process, on another core) while Python
-    imports the rest and probes the file; the pipe is the reference's own command, exact for
-    every input.  None where there is no ffmpeg 5.1 or no regular, non-empty file (the decoder
-    then reports why)."""
-    p = os.fspath(path)
-    try:
-        if not os.path.isfile(p) or os.path.getsize(p) == 0 or not os.access(p, os.R_OK):
-            return None
-    except OSError:
-        return None
-    exe = find_ffmpeg()
-    if exe is None:
-        return None
-    try:
-        return FfmpegPipeSource(p, size, out_fps, exe).start()
-    except OSError:
-        return None
 
 
 def preload() -> None:
@@ -377,13 +353,8 @@ class VideoDecoder:
         backend: str = "auto",
         timeout_s: float | None = None,
         threads: int = 0,
-        pipe: FfmpegPipeSource | None = None,
     ) -> None:
         self.path = str(path)
-        #: an ffmpeg pipe started early for this input (``prestart``); used when backend allows
-        self._pipe = pipe if backend in ("auto", "ffmpeg") else None
-        if pipe is not None and self._pipe is None:
-            pipe.close()
         #: decord's decoding threads (0: one per core); 1 where other videos keep the cores busy
         self.threads = threads
         if backend not in BACKENDS:
@@ -400,14 +371,9 @@ class VideoDecoder:
         self._reason = ""
         self._facts: choose.StreamFacts | None = None
         self._ffmpeg_exe: str | None | bool = False   # looked up when first needed (False: not yet)
-        try:
-            self._check_path()
-            width, height = self._call(self._probe)
-            self._source = self._call(self._open_source)
-        except BaseException:
-            if self._pipe is not None:
-                self._pipe.close()   # the early ffmpeg dies with the input it was started for
-            raise
+        self._check_path()
+        width, height = self._call(self._probe)
+        self._source = self._call(self._open_source)
         self.info = VideoInfo(
             path=self.path,
             width=width,
@@ -462,8 +428,6 @@ class VideoDecoder:
             container.close()
 
     def _open_source(self) -> _DecordSource | _PyAVSource | FfmpegPipeSource:
-        if self._pipe is not None:
-            return self._adopt_pipe(self._pipe)
         if self.backend == "pyav":
             return self._open_pyav()
         if self.backend == "ffmpeg":
@@ -511,17 +475,6 @@ class VideoDecoder:
         return FfmpegPipeSource(self.path, self.size, self.out_fps, self._ffmpeg,
                                 fps_in=f.fps_guess if f else 0.0, source_frames=f.frames if f else 0,
                                 expected_frames=expected)
-
-    def _adopt_pipe(self, pipe: FfmpegPipeSource) -> FfmpegPipeSource:
-        """The early pipe, told what the probe learned (informational: ffmpeg picks the frames)."""
-        f = self._facts
-        if f is not None:
-            pipe.fps_in, pipe.source_frames = f.fps_guess, f.frames
-            if f.duration > 0:
-                pipe.index = np.zeros(int(round(f.duration * self.out_fps)), dtype=np.int64)
-        self._reason = "ffmpeg started before probing (one input)"
-        log.info("%s: decoding with %s (%s)", self.path, pipe.ffmpeg, self._reason)
-        return pipe
 
     def _open_pyav_for(self, why: str) -> _PyAVSource:
         log.info("%s: decoding with PyAV (%s; no ffmpeg 5.1 for the exact pipe)", self.path, why)

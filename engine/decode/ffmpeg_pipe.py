@@ -89,26 +89,15 @@ class FfmpegPipeSource:
                 "-i", os.path.abspath(self.path), "-s", f"{self.size}:{self.size}", "-an",
                 "-f", "rawvideo", "-c:v", "rawvideo", "-pix_fmt", "rgb24", "-r", str(self.out_fps), "pipe:1"]
 
-    def start(self) -> "FfmpegPipeSource":
-        """Start ffmpeg now (``chunks`` reads it later): a caller with other work to do first
-        (imports, probing) lets it decode meanwhile, into a pipe enlarged to hold ~85 frames."""
-        with self._lock:
-            if self._proc is None and not self._killed:
-                self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, bufsize=0)
-                _grow_pipe(self._proc.stdout)
-        return self
-
     def chunks(self, chunk_frames: int) -> Iterator[np.ndarray]:
         frame_bytes = self.size * self.size * 3
         want = chunk_frames * frame_bytes
         with self._lock:
             if self._killed:
                 return
-            if self._proc is None:
-                self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, bufsize=0)
-            proc = self._proc
+            proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, bufsize=0)
+            self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
         drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True,
@@ -149,16 +138,6 @@ class FfmpegPipeSource:
             proc.wait()
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
-
-
-def _grow_pipe(stream: object) -> None:
-    """Enlarge a pipe to 1 MiB (Linux; the default 64 KiB holds 5 frames), where allowed."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined]
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass
 
 
 def _drain(stream: object, tail: collections.deque[str]) -> None:
