@@ -29,3 +29,10 @@ def test_results_in_input_order_whatever_the_start_order():
 def test_a_dying_worker_fails_only_its_own_input():
     got = list(ordered_map(_die_on_three, list(range(7)), 2, on_crash=_crash))
     assert got == [0, 10, 20, -3, 40, 50, 60]
+
+
+def test_spawned_workers_too():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")   # what a process with other threads running gets
+    assert list(ordered_map(_square, [3, 1, 2], 2, on_crash=_crash, context=ctx)) == [9, 1, 4]
