@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.index import IndexFormatError, VideoIndex
-from engine.index.snapshot import IndexSnapshot, IndexWriter
+from engine.index.snapshot import IndexSnapshot
+from engine.index.writer import IndexWriter
 from engine.synthetic import random_signatures
 
 
@@ -46,8 +47,9 @@ def test_snapshot_constructors_and_read_only(tmp_path):
     with pytest.raises(IndexFormatError, match="no shard 3"):
         IndexSnapshot.shard(tmp_path / "ix", 3, device="cpu")
     snap = IndexSnapshot.open(tmp_path / "ix", device="cpu")
-    with pytest.raises(IndexFormatError, match="read-only"):
-        snap._view.add([feats[0]], ids=["new"])
+    assert not hasattr(snap, "add") and not hasattr(snap, "remove")     # reads only: writes are IndexWriter's
+    with pytest.raises(AttributeError, match="immutable"):
+        snap.manifest = None
     import numpy as np
     import torch
     rows = torch.from_numpy(np.stack([np.stack([f.cos, f.sin]) for f in feats]))
