@@ -5,6 +5,12 @@ once per query call however many needles it serves.  Pairs are scored needle-fir
 reference's argument order).  When a level-2 threshold is given, a pair whose rigorous upper
 bound |K_0| + sum_j |z_j| (the triangle inequality on the trigonometric polynomial) is below it
 cannot match and skips the offset search; the answers are unchanged.
+
+With the candidates' block norms (`kernels.score.block_norms`, kept beside the rows) a CPU
+query reads only the first `head_blocks` coefficient blocks of each candidate first: the
+coefficient weights a_j fall fast with j, so the exact head plus a Cauchy-Schwarz bound on the
+tail (`TmkScorer.head_may_reach`, proven there) rejects most unrelated candidates after reading
+6 of their 32 blocks; only the survivors are read in full.  The answers are unchanged.
 """
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ import torch
 
 from kernels.params import TmkParams
 from engine.index import int8
-from kernels.score import (DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix,
-                           pair_coeffs_rows)
+from kernels.score import (DEFAULT_GRID, TmkScorer, _block_weights, coeffs_from_dots, needle_block_dots, needle_coeffs,
+                           needle_coeffs_lowp, needle_norms, pair_coeffs, pair_coeffs_matrix, pair_coeffs_rows)
 
 from kernels.score import BOUND_SLACK  # noqa: E402,F401  (the bound lives with the kernel)
 #: Largest level-2 change from storing one side in float16: each stored value carries a relative
@@ -38,6 +44,8 @@ class PairScorer:
         self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
         self.z = params.z_norm
+        #: Coefficient blocks per (side, period) read before the head-first bound (measured best).
+        self.head_blocks = 6
 
     def rows_to_device(self, rows: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Store rows [B,2,P,m,d] (float32 or float16) -> float32 on the device (cos = [:, 0], sin = [:, 1]).
@@ -102,22 +110,29 @@ class PairScorer:
         return k0, a, b
 
     def score(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
-              rows: torch.Tensor, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+              rows: torch.Tensor, c2: float | None = None, norms: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Level-2 [K] (NaN where the bound proves level-2 < c2) and best offsets [K,P] (-1 there).
 
         ``rows`` is `rows_to_device` of the candidate batch; pair k is needle ``pair_needle[k]``
-        against row ``pair_slot[k]``.
+        against row ``pair_slot[k]``.  ``norms``: `block_norms` of the rows [B,P,m]; with them
+        and c2 > 0 on CPU, candidates are read head first (`head_first`).
         """
+        if norms is not None and c2 is not None and c2 > 0 and self.device.type == "cpu":
+            return self.head_first(n_cos, n_sin, pair_needle, pair_slot, rows.numpy(), None, norms, c2)
         k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
         return self.finish(k0, a, b, c2)
 
     def score_raw(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
-                  raw: np.ndarray, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  raw: np.ndarray, c2: float | None = None, norms: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """`score` on CPU from store rows as read (float16 [B,2,P,m,d] or int8 records), never
-        widening whole rows (kernels.score.needle_coeffs_lowp)."""
+        widening whole rows (kernels.score.needle_coeffs_lowp); ``norms`` as in `score`."""
         p = self.params
         shape = (2, p.num_periods, p.num_coeffs, p.dim)
         q, scales = int8.split(raw, shape) if raw.dtype == np.uint8 else (raw, None)
+        if norms is not None and c2 is not None and c2 > 0:
+            return self.head_first(n_cos, n_sin, pair_needle, pair_slot, q, scales, norms, c2)
         k = len(pair_needle)
         k0 = torch.empty((k, p.num_periods))
         a = torch.empty((k, p.num_periods, p.num_coeffs - 1))
@@ -134,6 +149,47 @@ class PairScorer:
             pt = torch.from_numpy(pos)
             k0[pt], a[pt], b[pt] = needle_coeffs_lowp(n_cos[u], n_sin[u], qq, ss)
         return self.finish(k0, a, b, c2)
+
+    def head_first(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
+                   q: np.ndarray, scales: np.ndarray | None, norms: np.ndarray, c2: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """`score` on CPU reading each candidate's first `head_blocks` blocks, then only the
+        survivors of `TmkScorer.head_may_reach` in full.
+
+        q [B,2,P,m,d] float32/float16/int8 (then scales [B,2,P,m]); norms [B,P,m] = block_norms
+        of the rows as stored.  Rejected pairs are NaN / -1 like the other pruned ones.
+        """
+        m = self.params.num_coeffs
+        nj = max(1, min(self.head_blocks, m))
+        k = len(pair_needle)
+        l2 = np.full(k, np.nan, dtype=np.float32)
+        offs = np.full((k, self.params.num_periods), -1, dtype=np.int64)
+        uniq = np.unique(pair_needle)
+        order = np.argsort(pair_needle, kind="stable")
+        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
+        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+            pos = order[s:e]
+            slots = pair_slot[pos]
+            every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
+            qq = q if every else q[slots]
+            ss = None if scales is None else (scales if every else scales[slots])
+            cn = norms if every else norms[slots]
+            w = _block_weights(n_cos[u], n_sin[u])
+            head = needle_block_dots(w, qq, ss, range(nj))
+            keep = np.nonzero(self.kernel.head_may_reach(head, needle_norms(n_cos[u], n_sin[u]), cn, c2))[0]
+            if not len(keep):
+                continue
+            if nj < m:
+                if 2 * len(keep) > len(qq):     # most survive: no gather, select afterwards
+                    rest = needle_block_dots(w, qq, ss, range(nj, m))[:, :, :, keep]
+                else:
+                    rest = needle_block_dots(w, qq[keep], None if ss is None else ss[keep], range(nj, m))
+                dots = np.concatenate([head[:, :, :, keep], rest], axis=2)
+            else:
+                dots = head[:, :, :, keep]
+            sc, off = self.finish(*coeffs_from_dots(dots), c2)
+            l2[pos[keep]], offs[pos[keep]] = sc, off
+        return l2, offs
 
     def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
