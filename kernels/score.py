@@ -213,6 +213,21 @@ class _PeriodTables:
     h2: float                # (W in radians)^2
 
 
+def head_bound(head: np.ndarray, n_norms: np.ndarray, c_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H_i + T_i, S_i) of `TmkScorer.head_may_reach` per period and candidate, [P,B] float64 each:
+    the upper bound on max_o K_i(o) from the first J blocks `head` [2,P,J,B,2] and the block
+    norms, and the round-off scale S_i = sum_j ||u_j|| ||v_j||."""
+    cc, sc = head[0, ..., 0].astype(np.float64), head[0, ..., 1].astype(np.float64)   # [P, J, B]
+    cs, ss = head[1, ..., 0].astype(np.float64), head[1, ..., 1].astype(np.float64)
+    nj = head.shape[2]
+    hb = np.abs(cc[:, 0]) + np.sqrt(np.square(cc + ss) + np.square(sc - cs))[:, 1:nj].sum(1)   # [P, B]
+    prod = n_norms[None].astype(np.float64) * c_norms                       # [B, P, m]
+    return hb + prod[:, :, nj:].sum(2).T, prod.sum(2).T
+
+
+#: Absolute margin of the head-first bound, in units of S_i (`TmkScorer.head_may_reach`).
+HEAD_MARGIN = 1e-4
+
 #: Relative slack on the level-2 upper bound, far above float32 round-off of the coefficients.
 BOUND_SLACK = 1e-4
 
@@ -329,14 +344,8 @@ class TmkScorer:
         candidate with H_i + T_i + M_i < c2 Z for every period has exact and computed level-2
         below c2: it is rejected; the others go on to the full computation (NaN never rejects).
         """
-        cc, sc = head[0, ..., 0], head[0, ..., 1]                             # [P, J, B]
-        cs, ss = head[1, ..., 0], head[1, ..., 1]
-        nj = head.shape[2]
-        hb = np.abs(cc[:, 0]) + np.sqrt(np.square(cc + ss) + np.square(sc - cs))[:, 1:nj].sum(1)   # [P, B]
-        prod = n_norms[None].astype(np.float64) * c_norms                      # [B, P, m]
-        tail = prod[:, :, nj:].sum(2).T                                        # [P, B]
-        total = prod.sum(2).T
-        reject = np.all(hb + tail + 1e-4 * total < c2 * self.z, axis=0)
+        bound, total = head_bound(head, n_norms, c_norms)
+        reject = np.all(bound + HEAD_MARGIN * total < c2 * self.z, axis=0)
         return ~reject
 
     def level2_pruned(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None = None

@@ -1,0 +1,69 @@
+"""Head-first level-2 (engine/index/level2.py): same answers as the full computation, less read."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.index import int8, level2
+from engine.index.level2 import PairScorer
+from engine.synthetic import mixed_strengths, perturbed_features
+from kernels.score import block_norms
+
+
+@pytest.fixture(scope="module")
+def bank(real_feats):
+    feats = list(real_feats) + perturbed_features(real_feats[:15], 90, mixed_strengths(90, 0.3, seed=4), seed=4)
+    return feats, np.stack([np.stack([f.cos, f.sin]) for f in feats])
+
+
+def _stores(rows):
+    shape = rows.shape[1:]
+    rec = int8.quantize(rows)
+    return {"fp32": (rows, block_norms(rows)), "fp16": (rows.astype(np.float16), block_norms(rows.astype(np.float16))),
+            "int8": (rec, int8.block_norms(rec, shape))}
+
+
+@pytest.mark.parametrize("store", ["fp32", "fp16", "int8"])
+def test_head_first_gives_the_same_matches_scores_and_offsets(bank, store, monkeypatch):
+    feats, rows = bank
+    data, norms = _stores(rows)[store]
+    scorer = PairScorer(feats[0].params, torch.device("cpu"))
+    needles = feats[:4]
+    n_cos = torch.from_numpy(np.stack([f.cos for f in needles]))
+    n_sin = torch.from_numpy(np.stack([f.sin for f in needles]))
+    rng = np.random.default_rng(0)
+    pn = np.repeat(np.arange(4), len(rows))
+    ps = np.tile(np.arange(len(rows)), 4)
+    pick = rng.random(len(pn)) < 0.7           # scattered slots: the gathered path too
+    pn, ps = pn[pick], ps[pick]
+    read = []
+    real = level2.needle_block_dots
+    monkeypatch.setattr(level2, "needle_block_dots",
+                        lambda w, cand, sc, js, out=None: read.append(len(js) * len(cand)) or real(w, cand, sc, js, out))
+
+    def run(c2, nrm):
+        if store == "fp32":
+            return scorer.score(n_cos, n_sin, pn, ps, torch.from_numpy(data), c2, nrm)
+        return scorer.score_raw(n_cos, n_sin, pn, ps, data, c2, nrm)
+
+    full, _ = run(0.0, None)
+    for c2 in (0.5, 0.7, 0.9, float(np.sort(full[full < 0.99])[-3]), float(np.median(full))):
+        a, oa = run(c2, None)
+        read.clear()
+        b, ob = run(c2, norms)
+        ma, mb = a >= c2, b >= c2
+        assert ma.any() and np.array_equal(ma, mb), c2
+        assert np.array_equal(a[ma], b[mb]) and np.array_equal(oa[ma], ob[mb])
+        assert np.all(np.isnan(b[~mb]) | (b[~mb] < c2))
+        if c2 >= 0.7:
+            assert sum(read) < 0.5 * 32 * len(pn)     # blocks read: most candidates only head first
+
+
+def test_int8_block_norms_are_those_of_the_stored_values(bank):
+    _, rows = bank
+    rec = int8.quantize(rows[:9])
+    got = int8.block_norms(rec, rows.shape[1:], chunk=4)
+    back = int8.dequantize(rec, rows.shape[1:]).astype(np.float64)
+    exact = np.sqrt((back ** 2).sum(-1).sum(1))
+    assert np.all(got >= exact) and np.allclose(got, exact, rtol=1e-6)
