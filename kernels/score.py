@@ -99,54 +99,52 @@ def _block_weights(n_cos: torch.Tensor, n_sin: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(torch.stack([n_cos, n_sin], -1).reshape(p * m, d, 2).numpy())
 
 
-_BUF_FP32 = False
 _BUF_BYTES = 1 << 20
 
 
 def needle_block_dots(w: np.ndarray, cand: np.ndarray, scales: np.ndarray | None, js: range,
-                      out: np.ndarray | None = None) -> np.ndarray:
-    """Dot products of one needle with coefficient blocks `js` of every candidate, on CPU.
+                      idx: np.ndarray | None = None) -> np.ndarray:
+    """Dot products of one needle with coefficient blocks `js` of the candidates, on CPU.
 
     w: `_block_weights` of the needle; cand [B,2,P,m,d] float32, float16 or int8 (then scales
-    [B,2,P,m] float32, value = scale * q).  Returns [2, P, len(js), B, 2]: [side of the
-    candidate (cos, sin), period, block, candidate, side of the needle (cos, sin)], i.e.
-    [0,...,0] = CC, [0,...,1] = SC, [1,...,0] = CS, [1,...,1] = SS.
+    [B,2,P,m] float32, value = scale * q); idx: only these candidates (default all B).  Returns
+    [2, P, len(js), K, 2]: [side of the candidate (cos, sin), period, block, candidate, side of
+    the needle (cos, sin)], i.e. [0,...,0] = CC, [0,...,1] = SC, [1,...,0] = CS, [1,...,1] = SS.
 
-    Each block is one [B,d] x [d,2] product reading only that block of each candidate; float16
-    and int8 blocks are widened into a small reused [B,d] buffer just before their product
-    (never whole rows: a batch of fp32 rows would be 4x (int8) or 2x (fp16) the bytes read), and
-    the int8 scale is applied to the two dot products of the block afterwards
-    (s (q . u) = (s q) . u).
+    Only blocks `js` of the candidates are read, never whole rows: a batch of widened fp32
+    rows would be 4x (int8) or 2x (fp16) the bytes read; the int8 scale is applied to the two
+    dot products of each block afterwards (s (q . u) = (s q) . u).
     """
     nb, _, p, m, d = cand.shape
+    k = nb if idx is None else len(idx)
     nj = len(js)
-    res = np.empty((2, p, nj, nb, 2), np.float32) if out is None else out
-    # Per (side, period), a run of up to `chunk` blocks of every candidate is copied (widened)
-    # by torch into a small contiguous float32 buffer, then multiplied block by block: the
-    # strided gather runs at memory speed in one call, and the products read cache-resident
-    # rows (a product straight on the strided rows was ~3x slower, measured).
-    if cand.dtype == np.float32 and not _BUF_FP32:
+    res = np.empty((2, p, nj, k, 2), np.float32)
+    if cand.dtype == np.float32 and idx is None:
+        # every candidate: the product reads the strided blocks directly (measured fastest)
         for side in range(2):
             for i in range(p):
                 for t, j in enumerate(js):
                     np.matmul(cand[:, side, i, j], w[i * m + j], out=res[side, i, t])
-        if scales is not None:
-            res *= scales[:, :, :, js.start:js.stop].transpose(1, 2, 3, 0)[..., None]
-        return res
-    chunk = max(1, min(nj, _BUF_BYTES // max(1, nb * d * 4)))
-    buf = torch.empty((nb, chunk, d), dtype=torch.float32)
-    src = torch.from_numpy(cand)
-    bn = buf.numpy()
-    for side in range(2):
-        for i in range(p):
-            for c0 in range(0, nj, chunk):
-                c1 = min(nj, c0 + chunk)
-                j0, j1 = js.start + c0, js.start + c1
-                buf[:, :c1 - c0].copy_(src[:, side, i, j0:j1])
-                for t in range(c0, c1):
-                    np.matmul(bn[:, t - c0], w[i * m + js.start + t], out=res[side, i, t])
+    else:
+        # Per (side, period), a run of up to `chunk` blocks of the candidates is gathered and
+        # widened by torch (one call, F16C for float16, vectorised int8) into a small
+        # cache-resident float32 buffer, then multiplied block by block.
+        chunk = max(1, min(nj, _BUF_BYTES // max(1, k * d * 4)))
+        buf = torch.empty((k, chunk, d), dtype=torch.float32)
+        src = torch.from_numpy(cand)
+        it = None if idx is None else torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        bn = buf.numpy()
+        for side in range(2):
+            for i in range(p):
+                for c0 in range(0, nj, chunk):
+                    c1 = min(nj, c0 + chunk)
+                    view = src[:, side, i, js.start + c0:js.start + c1]
+                    buf[:, :c1 - c0].copy_(view if it is None else view.index_select(0, it))
+                    for t in range(c0, c1):
+                        np.matmul(bn[:, t - c0], w[i * m + js.start + t], out=res[side, i, t])
     if scales is not None:
-        res *= scales[:, :, :, js.start:js.stop].transpose(1, 2, 3, 0)[..., None]
+        sc = scales[:, :, :, js.start:js.stop] if idx is None else scales[idx][:, :, :, js.start:js.stop]
+        res *= sc.transpose(1, 2, 3, 0)[..., None]
     return res
 
 

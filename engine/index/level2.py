@@ -44,8 +44,8 @@ class PairScorer:
         self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
         self.z = params.z_norm
-        #: Coefficient blocks per (side, period) read before the head-first bound (measured best).
-        self.head_blocks = 6
+        #: Blocks per (side, period) read before each head-first check (measured best on CPU).
+        self.head_blocks: tuple[int, ...] = (5, 8)
 
     def rows_to_device(self, rows: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Store rows [B,2,P,m,d] (float32 or float16) -> float32 on the device (cos = [:, 0], sin = [:, 1]).
@@ -153,17 +153,18 @@ class PairScorer:
     def head_first(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
                    q: np.ndarray, scales: np.ndarray | None, norms: np.ndarray, c2: float
                    ) -> tuple[np.ndarray, np.ndarray]:
-        """`score` on CPU reading each candidate's first `head_blocks` blocks, then only the
-        survivors of `TmkScorer.head_may_reach` in full.
+        """`score` on CPU reading the first `head_blocks[0]` blocks of each candidate, then the
+        next ones up to `head_blocks[1]`, ..., of the survivors of `TmkScorer.head_may_reach`
+        only, and the rest of the last survivors.
 
         q [B,2,P,m,d] float32/float16/int8 (then scales [B,2,P,m]); norms [B,P,m] = block_norms
         of the rows as stored.  Rejected pairs are NaN / -1 like the other pruned ones.
         """
-        m = self.params.num_coeffs
-        nj = max(1, min(self.head_blocks, m))
+        p, m = self.params.num_periods, self.params.num_coeffs
+        stages = sorted({min(max(1, j), m) for j in self.head_blocks} | {m})
         k = len(pair_needle)
         l2 = np.full(k, np.nan, dtype=np.float32)
-        offs = np.full((k, self.params.num_periods), -1, dtype=np.int64)
+        offs = np.full((k, p), -1, dtype=np.int64)
         uniq = np.unique(pair_needle)
         order = np.argsort(pair_needle, kind="stable")
         bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
@@ -171,24 +172,25 @@ class PairScorer:
             pos = order[s:e]
             slots = pair_slot[pos]
             every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
-            qq = q if every else q[slots]
-            ss = None if scales is None else (scales if every else scales[slots])
-            cn = norms if every else norms[slots]
             w = _block_weights(n_cos[u], n_sin[u])
-            head = needle_block_dots(w, qq, ss, range(nj))
-            keep = np.nonzero(self.kernel.head_may_reach(head, needle_norms(n_cos[u], n_sin[u]), cn, c2))[0]
-            if not len(keep):
+            nn = needle_norms(n_cos[u], n_sin[u])
+            alive = None if every else slots                  # candidates still possible
+            where = np.arange(len(slots))                     # their positions in `pos`
+            dots = np.empty((2, p, m, len(slots), 2), np.float32)
+            j0 = 0
+            for j1 in stages:
+                dots[:, :, j0:j1, where] = needle_block_dots(w, q, scales, range(j0, j1), alive)
+                if j1 < m:
+                    rows = np.arange(len(q)) if alive is None else alive
+                    keep = np.nonzero(self.kernel.head_may_reach(dots[:, :, :j1, where], nn, norms[rows], c2))[0]
+                    where, alive = where[keep], rows[keep]
+                    if not len(where):
+                        break
+                j0 = j1
+            if not len(where):
                 continue
-            if nj < m:
-                if 2 * len(keep) > len(qq):     # most survive: no gather, select afterwards
-                    rest = needle_block_dots(w, qq, ss, range(nj, m))[:, :, :, keep]
-                else:
-                    rest = needle_block_dots(w, qq[keep], None if ss is None else ss[keep], range(nj, m))
-                dots = np.concatenate([head[:, :, :, keep], rest], axis=2)
-            else:
-                dots = head[:, :, :, keep]
-            sc, off = self.finish(*coeffs_from_dots(dots), c2)
-            l2[pos[keep]], offs[pos[keep]] = sc, off
+            sc, off = self.finish(*coeffs_from_dots(dots[:, :, :, where]), c2)
+            l2[pos[where]], offs[pos[where]] = sc, off
         return l2, offs
 
     def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None

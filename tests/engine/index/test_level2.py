@@ -40,7 +40,8 @@ def test_head_first_gives_the_same_matches_scores_and_offsets(bank, store, monke
     read = []
     real = level2.needle_block_dots
     monkeypatch.setattr(level2, "needle_block_dots",
-                        lambda w, cand, sc, js, out=None: read.append(len(js) * len(cand)) or real(w, cand, sc, js, out))
+                        lambda w, cand, sc, js, idx=None: read.append(len(js) * len(cand if idx is None else idx))
+                        or real(w, cand, sc, js, idx))
 
     def run(c2, nrm):
         if store == "fp32":
