@@ -212,15 +212,16 @@ class _PeriodTables:
 
 
 def head_bound(head: np.ndarray, n_norms: np.ndarray, c_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(H_i + T_i, S_i) of `TmkScorer.head_may_reach` per period and candidate, [P,B] float64 each:
+    """(H_i + T_i, S_i) of `TmkScorer.head_may_reach` per period and candidate, [P,B] float32 each:
     the upper bound on max_o K_i(o) from the first J blocks `head` [2,P,J,B,2] and the block
     norms, and the round-off scale S_i = sum_j ||u_j|| ||v_j||."""
-    cc, sc = head[0, ..., 0].astype(np.float64), head[0, ..., 1].astype(np.float64)   # [P, J, B]
-    cs, ss = head[1, ..., 0].astype(np.float64), head[1, ..., 1].astype(np.float64)
+    cc, sc = head[0, ..., 0], head[0, ..., 1]                                # [P, J, B]
+    cs, ss = head[1, ..., 0], head[1, ..., 1]
     nj = head.shape[2]
-    hb = np.abs(cc[:, 0]) + np.sqrt(np.square(cc + ss) + np.square(sc - cs))[:, 1:nj].sum(1)   # [P, B]
-    prod = n_norms[None].astype(np.float64) * c_norms                       # [B, P, m]
-    return hb + prod[:, :, nj:].sum(2).T, prod.sum(2).T
+    hb = np.abs(cc[:, 0]) + np.sqrt(np.square(cc[:, 1:] + ss[:, 1:]) + np.square(sc[:, 1:] - cs[:, 1:])).sum(1)
+    nn = n_norms.astype(np.float32)
+    tail = np.einsum("bpj,pj->pb", c_norms[:, :, nj:], nn[:, nj:])
+    return hb + tail, np.einsum("bpj,pj->pb", c_norms, nn)
 
 
 #: Absolute margin of the head-first bound, in units of S_i (`TmkScorer.head_may_reach`).
@@ -338,7 +339,8 @@ class TmkScorer:
         gamma_d ||x|| ||y|| (gamma_256 < 1.6e-5), so a computed A_j, B_j (two of them summed)
         and |z_j| by at most 4e-5 ||u_j|| ||v_j||, and the kernel's float32 offset search adds at
         most ~(m + 8) 2^-24 (|K0| + sum |z_j|) <= 3e-6 S_i, S_i = sum_j ||u_j|| ||v_j||; the norms
-        are rounded up (`block_norms`).  So with the margin M_i = 1e-4 S_i (twice the total), a
+        are rounded up (`block_norms`) and the bound itself is evaluated in float32 (sums of at
+        most m terms, error < 2e-6 S_i).  So with the margin M_i = 1e-4 S_i (twice the total), a
         candidate with H_i + T_i + M_i < c2 Z for every period has exact and computed level-2
         below c2: it is rejected; the others go on to the full computation (NaN never rejects).
         """
