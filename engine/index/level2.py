@@ -179,8 +179,16 @@ class PairScorer:
             dots = np.empty((2, p, m, len(slots), 2), np.float32)
             j0 = 0
             for j1 in stages:
-                dots[:, :, j0:j1, where] = needle_block_dots(w, q, scales, range(j0, j1), alive)
+                if j0 and every and 2 * len(where) > len(q):
+                    # most rows still alive: read the next blocks of all of them (the direct
+                    # strided product for fp32) and keep the survivors' columns
+                    dots[:, :, j0:j1, where] = needle_block_dots(w, q, scales, range(j0, j1))[:, :, :, alive]
+                else:
+                    dots[:, :, j0:j1, where] = needle_block_dots(w, q, scales, range(j0, j1), alive)
                 if j1 < m:
+                    if j0 and 2 * len(where) > len(slots):
+                        j0 = j1
+                        continue      # the last check kept most: no more checks, read the rest
                     rows = np.arange(len(q)) if alive is None else alive
                     keep = np.nonzero(self.kernel.head_may_reach(dots[:, :, :j1, where], nn, norms[rows], c2))[0]
                     where, alive = where[keep], rows[keep]
