@@ -36,6 +36,7 @@ def test_head_first_gives_the_same_matches_scores_and_offsets(bank, store, monke
     pn = np.repeat(np.arange(4), len(rows))
     ps = np.tile(np.arange(len(rows)), 4)
     pick = rng.random(len(pn)) < 0.7           # scattered slots: the gathered path too
+    pick[:len(rows)] = True                    # needle 0 against every row: the direct path
     pn, ps = pn[pick], ps[pick]
     read = []
     real = level2.needle_block_dots
@@ -49,7 +50,9 @@ def test_head_first_gives_the_same_matches_scores_and_offsets(bank, store, monke
         return scorer.score_raw(n_cos, n_sin, pn, ps, data, c2, nrm)
 
     full, _ = run(0.0, None)
-    for c2 in (0.5, 0.7, 0.9, float(np.sort(full[full < 0.99])[-3]), float(np.median(full))):
+    # thresholds: defaults, exactly at computed scores (inclusive), and low ones most rows survive
+    for c2 in (0.5, 0.7, 0.9, float(np.sort(full[full < 0.99])[-3]), float(np.median(full)),
+               float(np.quantile(full, 0.1))):
         a, oa = run(c2, None)
         read.clear()
         b, ob = run(c2, norms)
