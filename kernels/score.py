@@ -175,12 +175,16 @@ def block_norms(rows: np.ndarray, scales: np.ndarray | None = None) -> np.ndarra
     what `TmkScorer.head_may_reach` needs.  Compute it once per row (at ingest or when a bank
     is loaded) and keep it beside the rows (512 bytes a row for the defaults)."""
     x = np.asarray(rows)
-    sq = np.einsum("bspjd,bspjd->bspj", x, x, dtype=np.float64) if x.dtype != np.int8 else \
-        np.einsum("bspjd,bspjd->bspj", x.astype(np.int32), x.astype(np.int32)).astype(np.float64)
-    if scales is not None:
-        sq = sq * np.square(scales.astype(np.float64))
-    nrm = np.sqrt(sq.sum(1)).astype(np.float32)
-    return np.nextafter(nrm, np.float32(np.inf)) * (nrm > 0)
+    out = np.empty((x.shape[0], *x.shape[2:4]), np.float32)
+    for s in range(0, len(x), 64):           # 64 rows at a time: small float64 temporaries
+        c = x[s:s + 64]
+        sq = np.einsum("bspjd,bspjd->bspj", c, c, dtype=np.float64) if c.dtype != np.int8 else \
+            np.einsum("bspjd,bspjd->bspj", c.astype(np.int32), c.astype(np.int32)).astype(np.float64)
+        if scales is not None:
+            sq = sq * np.square(scales[s:s + 64].astype(np.float64))
+        nrm = np.sqrt(sq.sum(1)).astype(np.float32)
+        out[s:s + 64] = np.nextafter(nrm, np.float32(np.inf)) * (nrm > 0)
+    return out
 
 
 def needle_norms(n_cos: torch.Tensor, n_sin: torch.Tensor) -> np.ndarray:

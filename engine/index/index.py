@@ -41,7 +41,7 @@ from engine.index.segment import (Prepared, SegmentReader, SegmentWriter, prepar
 from engine.tmkfile import TmkFormatError
 from kernels.device import resolve_device, strict_float
 from kernels.params import DEFAULT_PARAMS, TmkParams
-from kernels.score import level1
+from kernels.score import block_norms, level1
 
 LOCK_NAME = "LOCK"
 #: Largest flat index whose clusters use the exact (all-pairs, in BLAS) candidate search by default.
@@ -128,9 +128,19 @@ class _MemoryShard(_ShardBase):
         self.first = np.array([0, self.n], dtype=np.int64)
         self.deleted = np.zeros(self.n, dtype=bool)
         self.searcher = coarse_mod.build_searcher("flat", self.l1, device)
+        self._norms: np.ndarray | None = None
 
     def rows(self, rows: np.ndarray) -> torch.Tensor:
         return self._rows[torch.from_numpy(rows).to(self._rows.device)]
+
+    def block_norms(self, rows: np.ndarray) -> np.ndarray | None:
+        """Block norms of `rows` for head-first level-2 on CPU (engine/index/level2.py), computed
+        once for the whole bank at first use."""
+        if self._rows.device.type != "cpu":
+            return None
+        if self._norms is None:
+            self._norms = block_norms(self._rows.numpy())
+        return self._norms[rows]
 
 
 class _Shard(_ShardBase):
@@ -812,12 +822,17 @@ class VideoIndex:
             rows = shards[ush[lo]].rows(urow[lo:hi])
             return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
 
+        def norms(b: int) -> np.ndarray | None:     # block norms where the shard keeps them: head first
+            get = getattr(shards[ush[bounds[b]]], "block_norms", None)
+            return None if get is None else get(urow[bounds[b]:bounds[b + 1]])
+
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
         if len(firsts) == 1:      # one batch (a typical lookup): nothing to overlap, no threads to start
             pos = order[starts[0]:starts[1]]
             with self._compute_threads():
-                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2)
+                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2,
+                                                        norms(0))
             return l2, offs
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
@@ -827,7 +842,7 @@ class VideoIndex:
                     ahead.append(ex.submit(fetch, b + self.prefetch))
                 pos = order[starts[b]:starts[b + 1]]
                 score = self._scorer.score_raw if raw else self._scorer.score
-                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
+                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2, norms(b))
         return l2, offs
 
     @contextmanager

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.index import int8, level2
+from engine.index import VideoIndex, int8, level2
 from engine.index.level2 import PairScorer
 from engine.synthetic import mixed_strengths, perturbed_features
+from engine.index.segment import unit_average
 from kernels.score import block_norms
+from tests.engine.index.conftest import assert_same, passing
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,13 @@ def test_int8_block_norms_are_those_of_the_stored_values(bank):
     back = int8.dequantize(rec, rows.shape[1:]).astype(np.float64)
     exact = np.sqrt((back ** 2).sum(-1).sum(1))
     assert np.all(got >= exact) and np.allclose(got, exact, rtol=1e-6)
+
+
+def test_in_memory_cpu_bank_queries_head_first_like_the_brute_force(real_feats, real_full):
+    rows = torch.from_numpy(np.stack([np.stack([f.cos, f.sin]) for f in real_feats]))
+    mem = VideoIndex.in_memory([f.name for f in real_feats], np.stack([unit_average(f.avg) for f in real_feats]),
+                               rows, device="cpu", batch_rows=7)
+    names = [f.name for f in real_feats]
+    for c1, c2 in ((0.5, 0.5), (-1.0, 0.7), (-1.0, 0.9)):
+        assert_same(mem.query(real_feats, c1, c2), passing(real_full, c1, c2), names)
+    assert mem._shards[0]._norms is not None          # the bank's block norms were used
