@@ -7,10 +7,11 @@ bound |K_0| + sum_j |z_j| (the triangle inequality on the trigonometric polynomi
 cannot match and skips the offset search; the answers are unchanged.
 
 With the candidates' block norms (`kernels.score.block_norms`, kept beside the rows) a CPU
-query reads only the first `head_blocks` coefficient blocks of each candidate first: the
+query reads the first `head_blocks` coefficient blocks of each candidate first: the
 coefficient weights a_j fall fast with j, so the exact head plus a Cauchy-Schwarz bound on the
 tail (`TmkScorer.head_may_reach`, proven there) rejects most unrelated candidates after reading
-6 of their 32 blocks; only the survivors are read in full.  The answers are unchanged.
+5 of their 32 blocks (a second check after 8); only the survivors are read in full.  The
+answers are unchanged.
 """
 from __future__ import annotations
 
