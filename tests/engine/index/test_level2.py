@@ -83,3 +83,30 @@ def test_in_memory_cpu_bank_queries_head_first_like_the_brute_force(real_feats, 
     for c1, c2 in ((0.5, 0.5), (-1.0, 0.7), (-1.0, 0.9)):
         assert_same(mem.query(real_feats, c1, c2), passing(real_full, c1, c2), names)
     assert mem._shards[0]._norms is not None          # the bank's block norms were used
+
+
+@pytest.mark.parametrize("store", ["fp16", "int8"])
+def test_one_batch_query_of_a_low_precision_index_on_cpu(tmp_path, real_feats, real_full, store):
+    """One shard, one batch (a typical lookup): rows scored as read, like the many-batch path."""
+    ix = VideoIndex.create(tmp_path / store, shards=1, store=store, device="cpu")
+    ix.add(real_feats)
+    names = [f.name for f in real_feats]
+    tol = 1e-3 if store == "fp16" else 0.05
+    got = ix.query(real_feats, 0.7, 0.9)
+    want = passing(real_full, 0.7, 0.9)
+    for n, ms in zip(names, got):
+        assert {m.id for m in ms} <= set(real_full[n]) and set(want[n]) - {m.id for m in ms} <= {
+            k for k, v in real_full[n].items() if abs(v[1] - 0.9) < tol}
+        assert all(abs(m.level2 - real_full[n][m.id][1]) < tol for m in ms)
+
+
+def test_in_memory_float16_cpu_bank_is_scored_as_read(real_feats, real_full):
+    rows = torch.from_numpy(np.stack([np.stack([f.cos, f.sin]) for f in real_feats])).half()
+    mem = VideoIndex.in_memory([f.name for f in real_feats], np.stack([unit_average(f.avg) for f in real_feats]),
+                               rows, device="cpu", batch_rows=7)
+    raw = []
+    real = mem._scorer.score_raw
+    mem._scorer.score_raw = lambda *a: raw.append(a[4].dtype) or real(*a)
+    got = mem.query(real_feats, -1.0, 0.7)
+    assert raw and all(d == np.float16 for d in raw)
+    assert_same(got, passing(real_full, -1.0, 0.7), [f.name for f in real_feats], tol=1e-3)
