@@ -82,7 +82,7 @@ def test_in_memory_cpu_bank_queries_head_first_like_the_brute_force(real_feats, 
     names = [f.name for f in real_feats]
     for c1, c2 in ((0.5, 0.5), (-1.0, 0.7), (-1.0, 0.9)):
         assert_same(mem.query(real_feats, c1, c2), passing(real_full, c1, c2), names)
-    assert mem._shards[0]._norms is not None          # the bank's block norms were used
+    assert mem._read()._state()[0]._norms is not None          # the bank's block norms were used
 
 
 @pytest.mark.parametrize("store", ["fp16", "int8"])
@@ -105,8 +105,9 @@ def test_in_memory_float16_cpu_bank_is_scored_as_read(real_feats, real_full):
     mem = VideoIndex.in_memory([f.name for f in real_feats], np.stack([unit_average(f.avg) for f in real_feats]),
                                rows, device="cpu", batch_rows=7)
     raw = []
-    real = mem._scorer.score_raw
-    mem._scorer.score_raw = lambda *a: raw.append(a[4].dtype) or real(*a)
+    scorer = mem._read()._scorer
+    real = scorer.score_raw
+    scorer.score_raw = lambda *a: raw.append(a[4].dtype) or real(*a)
     got = mem.query(real_feats, -1.0, 0.7)
     assert raw and all(d == np.float16 for d in raw)
     assert_same(got, passing(real_full, -1.0, 0.7), [f.name for f in real_feats], tol=1e-3)
