@@ -110,11 +110,21 @@ def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None
 
 
 def run_query(args: argparse.Namespace) -> int:
+    cfg, ic, c1, c2 = _settings(args)
+    if args.robust or args.ray:
+        return _run_query(args, cfg, ic, c1, c2)
+    from engine.index.segment import discard_ahead
+
+    _read_ahead(args, ic, c1)
+    try:
+        return _run_query(args, cfg, ic, c1, c2)
+    finally:
+        discard_ahead(Path(args.index))     # what the query did not adopt (it failed first)
+
+
+def _run_query(args: argparse.Namespace, cfg: "Config", ic: dict[str, Any], c1: float, c2: float) -> int:
     from engine.index.needles import load_needles
 
-    cfg, ic, c1, c2 = _settings(args)
-    if not args.robust and not args.ray:
-        _read_ahead(args, ic, c1)
     with cli_errors():
         ix = open_index(args, ic)
         hasher = None

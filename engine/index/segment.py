@@ -550,6 +550,14 @@ class SegmentReader:
             self.rows(np.arange(s, min(s + 256, self.seg.count)))
 
 
+def discard_ahead(root: Path) -> None:
+    """Forget the readers `open_ahead` opened under `root` that no index adopted (a command that
+    failed before reading them): stale ones must not serve a later index in the same process."""
+    with _AHEAD_LOCK:
+        for key in [k for k in _AHEAD if k[0] == str(root)]:
+            del _AHEAD[key]
+
+
 def open_ahead(root: Path, segments: Sequence[Segment], params: TmkParams, store: str, verify_reads: bool,
                precheck_all: bool = False) -> int:
     """Open the readers of `segments` before the index that will use them exists, e.g. while a

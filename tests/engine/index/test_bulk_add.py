@@ -118,6 +118,10 @@ def test_read_ahead_is_adopted_and_still_reports_a_corrupt_row(tmp_path, bank):
     ix.add_paths(bank)
     needle = read_tmk(bank[7])
     want = [(m.id, m.level1, m.level2) for m in VideoIndex(root, device="cpu", batch_rows=4).query([needle], -1, -1)[0]]
+    from engine.cli import main
+    segment._AHEAD.clear()
+    assert main(["query", str(root), str(tmp_path / "missing.tmk"), "--c1", "-1"]) != 0   # fails after the read-ahead
+    assert not segment._AHEAD                                  # which it then forgets
     m = read_manifest(root)
     segs = [s for shard in m.segments for s in shard]
     assert segment.open_ahead(root, segs, m.params, m.store, True, precheck_all=True) == len(bank)
