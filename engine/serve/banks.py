@@ -2,7 +2,8 @@
 
 Layout of ``--data DIR``::
 
-    DIR/NEXT_ID              highest content id reserved so far (ids are never reused)
+    DIR/NEXT_ID              the next content id no process has reserved (ids are never reused)
+    DIR/NEXT_ID.lock         flock taken to reserve a block of ids (several serving processes)
     DIR/<BANK>/bank.json     name and per-bank thresholds (null: the server's)
     DIR/<BANK>/index/        a vmatch index (docs/index.md); item id = content id as text,
                              source = JSON {note, metadata, avg} (avg: the raw pure average, so
@@ -17,10 +18,16 @@ and swaps a fresh `snapshot` in as the bank's read view: lookups in flight finis
 they started with, the next ones see the commit; nothing is rebuilt.  A poller notices commits
 made by other processes (another server, ``vmatch index add``) by the manifest's stat and
 refreshes the same way; a read-only store (a Ray matcher replica) sees all changes that way.
+
+Several serving processes (``vmatch serve --workers N``) each hold a writable store on the same
+DIR: their commits are serialised by the index's writer lock (each commit starts from the latest
+manifest), content ids come from blocks reserved under ``NEXT_ID.lock``, and each process's
+poller picks up the others' commits, bank creations and deletions within ``poll_s``.
 """
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -49,6 +56,7 @@ BANK_NAME = re.compile(r"^[A-Z0-9_]+$")
 BANK_FILE = "bank.json"
 INDEX_DIR = "index"
 NEXT_ID_FILE = "NEXT_ID"
+NEXT_ID_LOCK = "NEXT_ID.lock"
 #: Content ids reserved per NEXT_ID write (a crash skips at most this many ids).
 ID_BLOCK = 1000
 
@@ -148,7 +156,8 @@ class BankStore:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_id = 1
-        self._reserved = 0
+        self._reserved = 0              # ids up to here are this process's (a block under NEXT_ID.lock)
+        self._top_seen = 0              # highest id in the banks at load (a data dir older than NEXT_ID)
         #: Called with the number of items after each commit (metrics).
         self.on_commit: Callable[[str, int], None] | None = None
 
@@ -201,6 +210,7 @@ class BankStore:
             return []
 
     def _open_bank(self, name: str) -> Bank:
+        """Open a bank (once: a bank another thread opened meanwhile is kept)."""
         root = self.data / name
         try:
             cfg = json.loads((root / BANK_FILE).read_text())
@@ -212,32 +222,44 @@ class BankStore:
         ix._state()        # map the files and build the level-1 searcher now
         bank = Bank(name, root, config, ix, ix.snapshot(), stat=stat)
         with self._lock:
-            self.banks[name] = bank
-        return bank
+            return self.banks.setdefault(name, bank)
 
     def _init_ids(self) -> None:
-        top = 0
+        if (self.data / NEXT_ID_FILE).exists():
+            self._read_next_id()         # checked now: a damaged file is a load error, not a failed add
+            return
+        top = 0                          # a data dir from before NEXT_ID: start above every id in it
         for b in self.banks.values():
             for i in b.index.ids():
                 if i.isdigit():
                     top = max(top, int(i))
+        self._top_seen = top
+
+    def _read_next_id(self) -> int:
         try:
-            reserved = int((self.data / NEXT_ID_FILE).read_text().strip() or 0)
+            return int((self.data / NEXT_ID_FILE).read_text().strip() or 0)
         except FileNotFoundError:
-            reserved = 0
+            return 0
         except ValueError:
             raise BankError(500, f"{self.data / NEXT_ID_FILE}: not a number") from None
-        self._next_id = max(top + 1, reserved, 1)
-        self._reserved = self._next_id - 1
 
     def _new_ids(self, n: int) -> list[int]:
+        """`n` fresh content ids: from this process's block, else a new block reserved durably under
+        the cross-process lock (a crash skips the rest of a block; an id is never given twice)."""
         with self._lock:
+            if self._next_id + n - 1 > self._reserved:
+                fd = os.open(self.data / NEXT_ID_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    first = max(self._read_next_id(), self._top_seen + 1, 1)
+                    block = max(n, ID_BLOCK)
+                    atomic_write_bytes(self.data / NEXT_ID_FILE, f"{first + block}\n".encode())
+                    fsync_dir(self.data)
+                finally:
+                    os.close(fd)          # releases the lock
+                self._next_id, self._reserved = first, first + block - 1
             first = self._next_id
             self._next_id += n
-            if self._next_id - 1 > self._reserved:
-                self._reserved = self._next_id - 1 + ID_BLOCK
-                atomic_write_bytes(self.data / NEXT_ID_FILE, f"{self._reserved + 1}\n".encode())
-                fsync_dir(self.data)
         return list(range(first, first + n))
 
     # ------------------------------------------------------------------ reading
@@ -250,6 +272,8 @@ class BankStore:
         check_bank_name(name)
         with self._lock:
             b = self.banks.get(name)
+        if b is None and (self.data / name / BANK_FILE).exists():
+            b = self._open_bank(name)      # created by another process since the last poll
         if b is None:
             raise BankError(404, f"no bank named {name!r}")
         return b
@@ -396,6 +420,8 @@ class BankStore:
             n = sum(len(op.payload) for op in group)
 
             def commit() -> list[int]:
+                if not (b.root / BANK_FILE).exists():
+                    raise BankError(404, f"no bank named {name!r} (deleted)")
                 ids = self._new_ids(n)
                 feats = [f for op in group for f, _, _ in op.payload]
                 sources = [source_record(f, note, meta) for op in group for f, note, meta in op.payload]
@@ -419,10 +445,13 @@ class BankStore:
                 self.on_commit(name, n)
 
     def _publish(self, b: Bank) -> None:
-        """Swap in a read view of what the bank's index object has now."""
+        """Swap in a read view of the bank's latest commit.  The manifest's stat is taken before
+        the refresh: a commit by another process after it changes the stat, so the poller sees it."""
+        stat = _manifest_stat(b.root / INDEX_DIR)
+        b.index.refresh()
         b.view = b.index.snapshot()
         b.built_to = time.time()
-        b.stat = _manifest_stat(b.root / INDEX_DIR)
+        b.stat = stat
 
     def _single(self, op: _Op) -> Any:
         if op.kind == "create":
@@ -433,7 +462,13 @@ class BankStore:
             VideoIndex.create(tmp / INDEX_DIR, shards=self.shards, coarse="flat", store=self.store, device="cpu")
             atomic_write_bytes(tmp / BANK_FILE, json.dumps(op.payload.to_json(op.bank)).encode())
             fsync_dir(tmp)
-            os.rename(tmp, self.data / op.bank)        # the bank appears whole or not at all
+            try:
+                os.rename(tmp, self.data / op.bank)    # the bank appears whole or not at all
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if (self.data / op.bank).exists():     # another process created it just now
+                    raise BankError(403, f"bank {op.bank!r} already exists") from None
+                raise
             fsync_dir(self.data)
             return self.bank_json(self._open_bank(op.bank))
         if op.kind == "refresh":
@@ -477,22 +512,19 @@ class BankStore:
         names = set(self._bank_dirs())
         with self._lock:
             known = dict(self.banks)
-        for name in names - set(known):
-            if not self.writable:          # a writable store opens its own banks when it creates them
-                self._open_bank(name)
+        for name in names - set(known):      # created by another process (or just now by this one)
+            self._open_bank(name)
         for name, b in known.items():
-            if name not in names:
-                if not self.writable:
-                    with self._lock:
-                        self.banks.pop(name, None)
+            if name not in names:            # deleted by another process
+                with self._lock:
+                    if self.banks.get(name) is b:
+                        del self.banks[name]
                 continue
             stat = _manifest_stat(b.root / INDEX_DIR)
             if stat != b.stat:
                 if self.writable:            # the writer thread owns the index object
                     self._ops.put(_Op("refresh", name))
                 else:
-                    b.stat = stat
-                    b.index.refresh()
                     self._publish(b)
             try:
                 cfg = json.loads((b.root / BANK_FILE).read_text())
@@ -504,5 +536,4 @@ class BankStore:
         with self._lock:
             b = self.banks.get(name)
         if b is not None:
-            b.index.refresh()
             self._publish(b)

@@ -1,15 +1,31 @@
-"""Run the server on one machine: banks, hashing pool, FastAPI app, middleware, uvicorn."""
+"""Run the server on one machine: banks, hashing pool, FastAPI app, middleware, uvicorn.
+
+With ``workers > 1`` this process is a supervisor: it binds the socket, forks that many serving
+processes (each a whole server on the shared socket and the shared data directory, see
+engine/serve/banks.py for how their writes and reads stay consistent), announces the port once
+every worker has loaded the banks, turns SIGTERM/SIGINT into one graceful SIGTERM per worker and
+restarts a worker that dies.  Several processes because one Python process is bound to one core
+by the GIL: a lookup is ~4 ms of CPU, most of it holding the GIL.
+"""
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
+import os
+import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.config import ServeConfig
 from engine.serve.app import create_app
 from engine.serve.banks import BankStore
 from engine.serve.hashing import HashPool
@@ -19,19 +35,10 @@ from engine.serve.service import LocalService
 
 log = logging.getLogger("vmatch.serve")
 
-SERVE_DEFAULTS: dict[str, Any] = {
-    "host": "127.0.0.1", "port": 5000, "c1": 0.7, "c2": 0.7, "max_body_mb": 256, "request_timeout_s": 30.0,
-    "hash_timeout_s": 600.0, "hash_workers": 1, "hash_queue": 4, "lookup_threads": 2, "poll_s": 0.25,
-    "bank_shards": 1, "bank_store": "fp32", "device": "auto", "torch_threads": 1,
-    "ray": {"address": None, "hashers": 1, "hasher_gpus": "auto", "matchers": 2, "matcher_gpus": "auto",
-            "batch_max": 32, "batch_wait_s": 0.005},
-}
-
-
 @dataclass
 class ServeOptions:
     data: Path
-    settings: dict[str, Any]
+    settings: ServeConfig
     token: str | None = None
     port_file: Path | None = None
     make_hasher: Callable[[], Any] = field(default=lambda: None)
@@ -94,32 +101,179 @@ def announce(opts: ServeOptions, host: str, port: int) -> None:
         tmp.replace(opts.port_file)
 
 
-def build_local(opts: ServeOptions) -> tuple[Any, LocalService]:
+def build_local(opts: ServeOptions, metrics_dir: str | None = None) -> tuple[Any, LocalService]:
     s = opts.settings
-    set_torch_threads(s.get("torch_threads"))
-    store = BankStore(opts.data, c1=s["c1"], c2=s["c2"], device=s["device"], poll_s=s["poll_s"],
-                      shards=s["bank_shards"], store=s["bank_store"])
-    pool = HashPool(opts.make_hasher, s["hash_workers"], s["hash_queue"])
-    service = LocalService(store, pool, s["lookup_threads"])
-    metrics = Metrics()
-    app = create_app(service, metrics, s["request_timeout_s"], s["hash_timeout_s"], on_startup=store.start)
-    return ServeMiddleware(app, metrics, opts.token, int(s["max_body_mb"] * (1 << 20))), service
+    set_torch_threads(s.torch_threads)
+    store = BankStore(opts.data, c1=s.c1, c2=s.c2, device=s.device, poll_s=s.poll_s,
+                      shards=s.bank_shards, store=s.bank_store)
+    pool = HashPool(opts.make_hasher, s.hash_workers, s.hash_queue)
+    service = LocalService(store, pool, s.lookup_threads)
+    metrics = Metrics(metrics_dir)
+    app = create_app(service, metrics, s.request_timeout_s, s.hash_timeout_s, on_startup=store.start)
+    return ServeMiddleware(app, metrics, opts.token, int(s.max_body_mb * (1 << 20))), service
+
+
+def _uvicorn_config(asgi: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(asgi, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
+                          lifespan="on", limit_concurrency=1024, timeout_keep_alive=30)
 
 
 def run_local(opts: ServeOptions) -> int:
     import uvicorn
 
     s = opts.settings
-    asgi, _ = build_local(opts)
-    sock = bind(s["host"], int(s["port"]))
+    sock = bind(s.host, s.port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(asgi, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
-                            lifespan="on", limit_concurrency=1024, timeout_keep_alive=30)
-    server = uvicorn.Server(config)
-    announce(opts, s["host"], port)
+    if s.workers > 1:
+        return Supervisor(opts, sock, port).run()
+    asgi, _ = build_local(opts)
+    server = uvicorn.Server(_uvicorn_config(asgi))
+    announce(opts, s.host, port)
     # uvicorn re-raises the signal it stopped on once it is done; after a graceful SIGTERM
     # shutdown that should be a normal exit (status 0), not a death by signal
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])      # SIGTERM / SIGINT: stop accepting, finish requests, drain writes
     log.info("stopped")
     return 0
+
+
+# --------------------------------------------------------------------------- several processes
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM (a graceful stop) to this worker when the supervisor dies, even by kill -9."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(opts: ServeOptions, sock: socket.socket, slot: int, metrics_dir: str, ready_fd: int) -> int:
+    """One serving process (forked): the whole server on the inherited socket."""
+    import uvicorn
+
+    class WorkerServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM each
+            # (a second signal would be uvicorn's forced exit)
+            if sig != signal.SIGINT:
+                super().handle_exit(sig, frame)
+
+    _die_with_parent()
+    if os.getppid() == 1:
+        return 0                     # the supervisor died before the line above
+    asgi, service = build_local(opts, metrics_dir)
+    store = service.store
+
+    def report_ready() -> None:      # the supervisor announces the port once every worker is up
+        while not store.ready.wait(0.1) and store.load_error is None:
+            pass
+        try:
+            os.write(ready_fd, b"r" if store.ready.is_set() else b"e")
+        except OSError:
+            pass
+
+    threading.Thread(target=report_ready, name="vmatch-ready", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    WorkerServer(_uvicorn_config(asgi)).run(sockets=[sock])
+    log.info("worker %d stopped", slot)
+    return 0
+
+
+class Supervisor:
+    """Fork `workers` serving processes on one socket, forward stop signals, restart the dead."""
+
+    def __init__(self, opts: ServeOptions, sock: socket.socket, port: int) -> None:
+        self.opts, self.sock, self.port = opts, sock, port
+        self.n = opts.settings.workers
+        self.children: dict[int, tuple[int, float]] = {}      # pid -> (slot, start time)
+        self.stopping = 0
+        self.metrics_dir = tempfile.mkdtemp(prefix="vmatch-metrics-")
+        self.ready_r, self.ready_w = os.pipe()
+
+    def spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:                                # the worker
+            code = 1
+            try:
+                os.close(self.ready_r)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                code = _worker_main(self.opts, self.sock, slot, self.metrics_dir, self.ready_w)
+            except BaseException as e:  # noqa: BLE001 - a worker reports and exits, never returns here
+                if not isinstance(e, SystemExit):
+                    log.exception("worker %d failed", slot)
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = (slot, time.monotonic())
+
+    def _signal(self, sig: int, _frame: Any) -> None:
+        self.stopping += 1
+        # first signal: a graceful stop of every worker; another one: uvicorn's forced exit
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._signal)
+        try:
+            for k in range(self.n):
+                self.spawn(k)
+            if self._wait_ready():
+                announce(self.opts, self.opts.settings.host, self.port)
+                log.info("%d workers serving", self.n)
+            return self._supervise()
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _wait_ready(self) -> bool:
+        got = 0
+        while got < self.n and not self.stopping:
+            r, _, _ = select.select([self.ready_r], [], [], 0.2)
+            if r:
+                got += len(os.read(self.ready_r, self.n - got))
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                self.children.pop(pid, None)
+                log.error("a worker exited while starting (%s); stopping", _how(status))
+                self._signal(signal.SIGTERM, None)
+                return False
+        return not self.stopping
+
+    def _supervise(self) -> int:
+        rc = 0
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            slot, started = self.children.pop(pid, (None, 0.0))
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                if code != 0:
+                    rc = 1
+                    log.warning("worker %d exited %s", slot, _how(status))
+                continue
+            log.error("worker %d exited %s; starting another", slot, _how(status))
+            if time.monotonic() - started < 5.0:       # dying at start: do not spin, stop instead
+                log.error("worker %d died within 5 s of starting; stopping the server", slot)
+                rc = 1
+                self._signal(signal.SIGTERM, None)
+                continue
+            self.spawn(slot)
+        log.info("stopped")
+        return rc
+
+
+def _how(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"by signal {-code}" if code < 0 else f"with status {code}"
