@@ -172,7 +172,7 @@ class ServeConfig:
     hash_timeout_s: float = 600.0     # per-upload hashing limit (also the decoder's timeout)
     hash_workers: int = 1             # videos hashed at once per serving process
     hash_queue: int = 4               # uploads waiting for a hasher per serving process; beyond: 503
-    lookup_threads: int = 2           # threads answering (batched) lookups per serving process
+    lookup_threads: int = 2           # threads answering (batched) lookups per process; 0: on the event loop, FIFO
     poll_s: float = 0.25              # how often commits made by other processes are looked for
     bank_shards: int = 1              # shards of a new bank's index
     bank_store: str = "fp32"          # fp32 keeps the exact signal; fp16 halves the disk
@@ -188,10 +188,10 @@ class ServeConfig:
         _between("port", self.port, 0, 65535)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _choice("bank_store", self.bank_store, ("fp32", "fp16", "int8"))
-        for k in ("workers", "hash_workers", "lookup_threads", "bank_shards"):
+        for k in ("workers", "hash_workers", "bank_shards"):
             if getattr(self, k) < 1:
                 raise ConfigError(None, f"{k} must be at least 1 (got {getattr(self, k)})")
-        for k in ("hash_queue", "compact_segments"):
+        for k in ("hash_queue", "compact_segments", "lookup_threads"):
             if getattr(self, k) < 0:
                 raise ConfigError(None, f"{k} must be at least 0 (got {getattr(self, k)})")
         for k in ("max_body_mb", "request_timeout_s", "hash_timeout_s", "poll_s"):

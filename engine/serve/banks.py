@@ -425,8 +425,9 @@ class BankStore:
                 ids = self._new_ids(n)
                 feats = [f for op in group for f, _, _ in op.payload]
                 sources = [source_record(f, note, meta) for op in group for f, note, meta in op.payload]
+                before = _manifest_stat(b.root / INDEX_DIR)
                 b.index.add(feats, ids=[str(i) for i in ids], sources=sources)   # durable on return
-                self._publish(b)
+                self._publish(b, before)
                 return ids
 
             holder = _Op("add", name)
@@ -444,11 +445,15 @@ class BankStore:
             if self.on_commit:
                 self.on_commit(name, n)
 
-    def _publish(self, b: Bank) -> None:
-        """Swap in a read view of the bank's latest commit.  The manifest's stat is taken before
-        the refresh: a commit by another process after it changes the stat, so the poller sees it."""
-        stat = _manifest_stat(b.root / INDEX_DIR)
-        b.index.refresh()
+    def _publish(self, b: Bank, stat: tuple[int, int, int] | None = None) -> None:
+        """Swap in a read view of what the bank's index object holds, after refreshing it (None)
+        or as a write of this process left it (`stat`: the manifest's stat from before that write).
+
+        The stat recorded is always from before the state loaded, so a commit by another process
+        that the view may have missed changes the stat, and the poller refreshes again."""
+        if stat is None:
+            stat = _manifest_stat(b.root / INDEX_DIR)
+            b.index.refresh()
         b.view = b.index.snapshot()
         b.built_to = time.time()
         b.stat = stat
@@ -491,11 +496,12 @@ class BankStore:
             return {"message": "Done"}
         if op.kind == "remove":
             key = str(op.payload)
+            before = _manifest_stat(b.root / INDEX_DIR)
             try:
                 b.index.remove([key])
             except VideoIndexError:
                 raise BankError(404, f"no content {op.payload} in bank {b.name!r}") from None
-            self._publish(b)
+            self._publish(b, before)
             return {"message": "Done"}
         raise BankError(500, f"unknown operation {op.kind}")
 
