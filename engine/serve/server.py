@@ -28,6 +28,7 @@ from typing import Any, Callable
 from engine.config import ServeConfig
 from engine.serve.app import create_app
 from engine.serve.banks import BankStore
+from engine.serve.fastpath import RawLookupFastPath
 from engine.serve.hashing import HashPool
 from engine.serve.metrics import Metrics
 from engine.serve.middleware import ServeMiddleware
@@ -110,6 +111,7 @@ def build_local(opts: ServeOptions, metrics_dir: str | None = None) -> tuple[Any
     service = LocalService(store, pool, s.lookup_threads)
     metrics = Metrics(metrics_dir)
     app = create_app(service, metrics, s.request_timeout_s, s.hash_timeout_s, on_startup=store.start)
+    app = RawLookupFastPath(app, service, s.request_timeout_s)
     return ServeMiddleware(app, metrics, opts.token, int(s.max_body_mb * (1 << 20))), service
 
 
