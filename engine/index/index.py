@@ -696,10 +696,24 @@ class VideoIndex:
             write_manifest(self.root, m)
         return len(set(ids))
 
-    def compact(self) -> int:
+    @staticmethod
+    def _tail_start(counts: Sequence[int]) -> int:
+        """Where the small segments at the end of a shard begin: walking back from the last one, a
+        segment joins the tail while it holds no more rows than the tail after it (size tiers: each
+        row is rewritten O(log n) times, a large first segment is left alone)."""
+        j, acc = len(counts), 0
+        while j > 0 and (j == len(counts) or counts[j - 1] <= acc):
+            acc += counts[j - 1]
+            j -= 1
+        return j
+
+    def compact(self, tail: int = 0) -> int:
         """Rewrite every shard that has tombstones or several segments as one segment of its live
         rows (rows copied as stored, checksums checked on the way); returns the shards rewritten.
 
+        ``tail > 0``: only shards with more than `tail` segments, and only their small trailing
+        segments (`_tail_start`) are merged into one; the cheap form a long-running writer such
+        as ``vmatch serve`` runs in the background (the border side table is left as it is).
         The replaced files are listed as retired and deleted by a writer `retire_after_s` later,
         since a reader holding an older manifest may still open them.
         """
@@ -708,18 +722,27 @@ class VideoIndex:
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             trained = read_checked(self.root, m.ivf_trained) if m.ivf_trained else None
             writers: dict[int, SegmentWriter] = {}
+            keep: dict[int, int] = {}          # shard -> segments left as they are (a prefix)
             try:
                 for sid, sh in enumerate(shards):
                     segs = m.segments[sid]
-                    if len(segs) > 1 or any(s.deleted for s in segs):
-                        writers[sid] = SegmentWriter(self.root, sid, name)
-                        self._copy_live(sh, segs, writers[sid])
+                    if tail > 0:
+                        if len(segs) <= tail:
+                            continue
+                        keep[sid] = self._tail_start([s.count - len(s.deleted) for s in segs])
+                        if len(segs) - keep[sid] < 2:
+                            continue
+                    elif not (len(segs) > 1 or any(s.deleted for s in segs)):
+                        continue
+                    writers[sid] = SegmentWriter(self.root, sid, name)
+                    self._copy_live(sh, segs, writers[sid], keep.get(sid, 0))
                 retired: list[FileRef] = []
                 for sid, w in writers.items():
-                    retired += [f for s in m.segments[sid] for f in (s.l1, s.store, s.ids, s.ivf) if f]
+                    k = keep.get(sid, 0)
+                    retired += [f for s in m.segments[sid][k:] for f in (s.l1, s.store, s.ids, s.ivf) if f]
                     ivf = coarse_mod.ivf_lists(trained, np.stack(w.l1_rows)) if trained and w.count else None
-                    m.segments[sid] = [w.finish(ivf)] if w.count else []
-                retired_borders = borders_mod.compact_table(self.root, m, name)
+                    m.segments[sid] = m.segments[sid][:k] + ([w.finish(ivf)] if w.count else [])
+                retired_borders = borders_mod.compact_table(self.root, m, name) if tail <= 0 else None
                 if writers or retired_borders is not None:
                     m.retired.append((time.time(), retired + (retired_borders or [])))
                     m.generation += 1
@@ -731,8 +754,10 @@ class VideoIndex:
                 raise
         return len(writers)
 
-    def _copy_live(self, sh: _Shard, segs: list, w: SegmentWriter, batch: int = 256) -> None:
+    def _copy_live(self, sh: _Shard, segs: list, w: SegmentWriter, start: int = 0, batch: int = 256) -> None:
         for k, (seg, reader) in enumerate(zip(segs, sh.readers)):
+            if k < start:
+                continue
             cols = json.loads(read_checked(self.root, seg.ids))
             live = np.setdiff1d(np.arange(seg.count), np.asarray(seg.deleted, dtype=np.int64))
             for s in range(0, len(live), batch):

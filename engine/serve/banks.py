@@ -5,6 +5,7 @@ Layout of ``--data DIR``::
     DIR/NEXT_ID              the next content id no process has reserved (ids are never reused)
     DIR/NEXT_ID.lock         flock taken to reserve a block of ids (several serving processes)
     DIR/<BANK>/bank.json     name and per-bank thresholds (null: the server's)
+    DIR/<BANK>/COMPACT.lock  flock of the process compacting this bank
     DIR/<BANK>/index/        a vmatch index (docs/index.md); item id = content id as text,
                              source = JSON {note, metadata, avg} (avg: the raw pure average, so
                              the exact signal string can be given back)
@@ -18,6 +19,12 @@ and swaps a fresh `snapshot` in as the bank's read view: lookups in flight finis
 they started with, the next ones see the commit; nothing is rebuilt.  A poller notices commits
 made by other processes (another server, ``vmatch index add``) by the manifest's stat and
 refreshes the same way; a read-only store (a Ray matcher replica) sees all changes that way.
+
+Each group commit is a new index segment, and every commit reads and writes the manifest that
+lists them all, so a compactor thread merges a bank's small trailing segments into one
+(`VideoIndex.compact(tail=...)`) once a shard holds more than ``compact_segments``; one process
+at a time (``COMPACT.lock``), through the index's writer lock like any commit, so it is safe with
+readers and with ``kill -9``; readers pick the merged segment up like any other commit.
 
 Several serving processes (``vmatch serve --workers N``) each hold a writable store on the same
 DIR: their commits are serialised by the index's writer lock (each commit starts from the latest
@@ -46,7 +53,7 @@ import numpy as np
 
 from engine.features import TmkFeatures
 from engine.index import Match, VideoIndex, VideoIndexError
-from engine.index.manifest import MANIFEST_NAME, fsync_dir
+from engine.index.manifest import MANIFEST_NAME, fsync_dir, read_manifest
 from engine.signals import encode
 from engine.tmkfile import atomic_write_bytes
 
@@ -59,6 +66,12 @@ NEXT_ID_FILE = "NEXT_ID"
 NEXT_ID_LOCK = "NEXT_ID.lock"
 #: Content ids reserved per NEXT_ID write (a crash skips at most this many ids).
 ID_BLOCK = 1000
+COMPACT_LOCK = "COMPACT.lock"
+#: How long files replaced by a compaction stay for readers of older manifests (the index's
+#: default is an hour; a server compacts often, and the manifest lists retired files until then).
+RETIRE_S = 60.0
+#: How often the compactor looks at the segment counts.
+COMPACT_CHECK_S = 1.0
 
 
 class BankError(Exception):
@@ -143,11 +156,14 @@ class BankStore:
 
     def __init__(self, data: str | os.PathLike[str], c1: float = 0.7, c2: float = 0.7, device: str = "cpu",
                  writable: bool = True, poll_s: float = 0.25, shards: int = 1, store: str = "fp32",
-                 max_batch: int = 512) -> None:
+                 max_batch: int = 512, compact_segments: int = 16) -> None:
         self.data = Path(data)
         self.c1, self.c2, self.device = c1, c2, device
         self.writable, self.poll_s, self.shards, self.store = writable, poll_s, shards, store
         self.max_batch = max_batch
+        #: A shard with more segments than this gets its small trailing ones merged (0: never).
+        self.compact_segments = compact_segments
+        self.compactions = 0
         self.banks: dict[str, Bank] = {}
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -188,8 +204,11 @@ class BankStore:
             return
         log.info("loaded %d bank(s) from %s", len(self.banks), self.data)
         self.ready.set()
-        for target, name in ((self._writer, "vmatch-writer"), (self._poller, "vmatch-poller")):
-            if target is self._writer and not self.writable:
+        for target, name in ((self._writer, "vmatch-writer"), (self._poller, "vmatch-poller"),
+                             (self._compactor, "vmatch-compactor")):
+            if name != "vmatch-poller" and not self.writable:
+                continue                      # a read-only store only follows the others' commits
+            if name == "vmatch-compactor" and self.compact_segments <= 0:
                 continue
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -219,6 +238,7 @@ class BankStore:
             raise BankError(500, f"{root / BANK_FILE}: unreadable bank settings ({e})") from None
         stat = _manifest_stat(root / INDEX_DIR)
         ix = VideoIndex(root / INDEX_DIR, device=self.device)
+        ix.retire_after_s = RETIRE_S
         ix._state()        # map the files and build the level-1 searcher now
         bank = Bank(name, root, config, ix, ix.snapshot(), stat=stat)
         with self._lock:
@@ -537,6 +557,49 @@ class BankStore:
                 b.config = BankConfig(*check_thresholds(cfg.get("c1"), cfg.get("c2")))
             except (OSError, ValueError, BankError):
                 pass
+
+    # ------------------------------------------------------------------ background compaction
+    def _compactor(self) -> None:
+        while not self._stop.wait(COMPACT_CHECK_S):
+            with self._lock:
+                banks = list(self.banks.values())
+            for b in banks:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.compact(b)
+                except Exception as e:  # noqa: BLE001 - the bank is as it was; try again later
+                    log.warning("compacting bank %s failed: %s", b.name, e)
+
+    def compact(self, b: Bank) -> int:
+        """Merge the bank's small trailing segments if a shard has more than `compact_segments`
+        (skipped while another process compacts it); returns the shards rewritten."""
+        if self.compact_segments <= 0 or \
+                max((len(s) for s in b.index.manifest.segments), default=0) <= self.compact_segments:
+            return 0
+        try:
+            fd = os.open(b.root / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return 0                          # the bank was deleted
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0                      # another process is at it
+            root = b.root / INDEX_DIR
+            if max((len(s) for s in read_manifest(root).segments), default=0) <= self.compact_segments:
+                return 0                      # done by another process meanwhile
+            ix = VideoIndex(root, device="cpu")
+            ix.retire_after_s = RETIRE_S
+            t0 = time.perf_counter()
+            n = ix.compact(tail=self.compact_segments)
+            if n:
+                self.compactions += 1
+                log.info("bank %s: merged the small segments of %d shard(s) in %.2f s", b.name, n,
+                         time.perf_counter() - t0)
+            return n
+        finally:
+            os.close(fd)
 
     def _refresh(self, name: str) -> None:
         with self._lock:

@@ -66,7 +66,8 @@ class Curator:
         from engine.serve.server import set_torch_threads
         set_torch_threads(settings.torch_threads)
         self.store = BankStore(data, c1=settings.c1, c2=settings.c2, device="cpu", poll_s=settings.poll_s,
-                               shards=settings.bank_shards, store=settings.bank_store)
+                               shards=settings.bank_shards, store=settings.bank_store,
+                               compact_segments=settings.compact_segments)
         self.store.start()
         self.store.ready.wait(600)
 

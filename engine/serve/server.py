@@ -106,7 +106,7 @@ def build_local(opts: ServeOptions, metrics_dir: str | None = None) -> tuple[Any
     s = opts.settings
     set_torch_threads(s.torch_threads)
     store = BankStore(opts.data, c1=s.c1, c2=s.c2, device=s.device, poll_s=s.poll_s,
-                      shards=s.bank_shards, store=s.bank_store)
+                      shards=s.bank_shards, store=s.bank_store, compact_segments=s.compact_segments)
     pool = HashPool(opts.make_hasher, s.hash_workers, s.hash_queue)
     service = LocalService(store, pool, s.lookup_threads)
     metrics = Metrics(metrics_dir)

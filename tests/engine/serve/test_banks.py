@@ -115,3 +115,24 @@ def test_two_writable_stores_on_one_data_dir(tmp_path):
     assert e.value.status == 404                       # deleted elsewhere: gone here too
     b.close()
     c.close()
+
+
+def test_background_compaction_merges_the_small_segments(tmp_path):
+    s = started(tmp_path / "d", compact_segments=4, poll_s=0.05)
+    s.create_bank("C").result(60)
+    sigs = random_signatures(12, seed=61)
+    ids = [s.add("C", [(f, None, None)]).result(60)[0] for f in sigs]      # one commit each
+    root = tmp_path / "d" / "C" / "index"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(VideoIndex(root, device="cpu").manifest.segments[0]) > 4:
+        time.sleep(0.05)
+    assert len(VideoIndex(root, device="cpu").manifest.segments[0]) <= 4 and s.compactions >= 1
+    deadline = time.monotonic() + 5                   # the store's read view follows the merge
+    while time.monotonic() < deadline and len(s.bank("C").view.manifest.segments[0]) > 4:
+        time.sleep(0.05)
+    assert len(s.bank("C").view.manifest.segments[0]) <= 4
+    for f, cid in zip(sigs, ids):
+        assert [m.id for _, m in s.lookup([f], ["C"])[0]] == [str(cid)]
+    assert s.add("C", [(sigs[0], None, None)]).result(60)[0] > max(ids)
+    VideoIndex(root, device="cpu").verify()
+    s.close()
