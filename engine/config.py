@@ -172,7 +172,7 @@ class ServeConfig:
     hash_timeout_s: float = 600.0     # per-upload hashing limit (also the decoder's timeout)
     hash_workers: int = 1             # videos hashed at once per serving process
     hash_queue: int = 4               # uploads waiting for a hasher per serving process; beyond: 503
-    lookup_threads: int = 2           # threads answering (batched) lookups per process; 0: on the event loop, FIFO
+    lookup_threads: int = 0           # 0: lookups on the event loop, in arrival order; N: N threads batching them
     poll_s: float = 0.25              # how often commits made by other processes are looked for
     bank_shards: int = 1              # shards of a new bank's index
     bank_store: str = "fp32"          # fp32 keeps the exact signal; fp16 halves the disk
