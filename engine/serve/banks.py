@@ -21,10 +21,11 @@ made by other processes (another server, ``vmatch index add``) by the manifest's
 refreshes the same way; a read-only store (a Ray matcher replica) sees all changes that way.
 
 Each group commit is a new index segment, and every commit reads and writes the manifest that
-lists them all, so a compactor thread merges a bank's small trailing segments into one
-(`VideoIndex.compact(tail=...)`) once a shard holds more than ``compact_segments``; one process
-at a time (``COMPACT.lock``), through the index's writer lock like any commit, so it is safe with
-readers and with ``kill -9``; readers pick the merged segment up like any other commit.
+lists them all, so after a commit that leaves a shard with more than ``compact_segments``
+segments the writer merges the bank's small trailing segments into one
+(`VideoIndex.compact(tail=...)`, a few rows each time); one process at a time
+(``COMPACT.lock``), through the index's writer lock like any commit, so it is safe with readers
+and with ``kill -9``; readers pick the merged segment up like any other commit.
 
 Several serving processes (``vmatch serve --workers N``) each hold a writable store on the same
 DIR: their commits are serialised by the index's writer lock (each commit starts from the latest
@@ -70,8 +71,7 @@ COMPACT_LOCK = "COMPACT.lock"
 #: How long files replaced by a compaction stay for readers of older manifests (the index's
 #: default is an hour; a server compacts often, and the manifest lists retired files until then).
 RETIRE_S = 60.0
-#: How often the compactor looks at the segment counts.
-COMPACT_CHECK_S = 1.0
+
 
 
 class BankError(Exception):
@@ -204,12 +204,9 @@ class BankStore:
             return
         log.info("loaded %d bank(s) from %s", len(self.banks), self.data)
         self.ready.set()
-        for target, name in ((self._writer, "vmatch-writer"), (self._poller, "vmatch-poller"),
-                             (self._compactor, "vmatch-compactor")):
+        for target, name in ((self._writer, "vmatch-writer"), (self._poller, "vmatch-poller")):
             if name != "vmatch-poller" and not self.writable:
                 continue                      # a read-only store only follows the others' commits
-            if name == "vmatch-compactor" and self.compact_segments <= 0:
-                continue
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -464,6 +461,7 @@ class BankStore:
                 at += len(op.payload)
             if self.on_commit:
                 self.on_commit(name, n)
+            self._maybe_compact(b)          # after the acknowledgements: the next writes wait for it
 
     def _publish(self, b: Bank, stat: tuple[int, int, int] | None = None) -> None:
         """Swap in a read view of what the bank's index object holds, after refreshing it (None)
@@ -558,22 +556,17 @@ class BankStore:
             except (OSError, ValueError, BankError):
                 pass
 
-    # ------------------------------------------------------------------ background compaction
-    def _compactor(self) -> None:
-        while not self._stop.wait(COMPACT_CHECK_S):
-            with self._lock:
-                banks = list(self.banks.values())
-            for b in banks:
-                if self._stop.is_set():
-                    return
-                try:
-                    self.compact(b)
-                except Exception as e:  # noqa: BLE001 - the bank is as it was; try again later
-                    log.warning("compacting bank %s failed: %s", b.name, e)
+    # ------------------------------------------------------------------ compaction (writer thread)
+    def _maybe_compact(self, b: Bank) -> None:
+        try:
+            self.compact(b)
+        except Exception as e:  # noqa: BLE001 - the bank is as it was; the next commit tries again
+            log.warning("compacting bank %s failed: %s", b.name, e)
 
     def compact(self, b: Bank) -> int:
         """Merge the bank's small trailing segments if a shard has more than `compact_segments`
-        (skipped while another process compacts it); returns the shards rewritten."""
+        (skipped while another process compacts it); returns the shards rewritten.  Runs on the
+        writer thread, which owns ``b.index``."""
         if self.compact_segments <= 0 or \
                 max((len(s) for s in b.index.manifest.segments), default=0) <= self.compact_segments:
             return 0
@@ -589,10 +582,10 @@ class BankStore:
             root = b.root / INDEX_DIR
             if max((len(s) for s in read_manifest(root).segments), default=0) <= self.compact_segments:
                 return 0                      # done by another process meanwhile
-            ix = VideoIndex(root, device="cpu")
-            ix.retire_after_s = RETIRE_S
             t0 = time.perf_counter()
-            n = ix.compact(tail=self.compact_segments)
+            before = _manifest_stat(root)
+            n = b.index.compact(tail=self.compact_segments)
+            self._publish(b, before)
             if n:
                 self.compactions += 1
                 log.info("bank %s: merged the small segments of %d shard(s) in %.2f s", b.name, n,
