@@ -88,8 +88,10 @@ def test_added_via_one_worker_visible_to_the_others_within_a_second(serve):
     assert s.stderr().count("worker ") >= 2 and "Traceback" not in s.stderr()
 
 
-def test_kill_9_of_the_whole_group_during_adds_loses_nothing_acknowledged(serve):
-    s = serve("--workers", "2")
+def test_kill_9_of_the_whole_group_during_adds_loses_nothing_acknowledged(serve, tmp_path):
+    conf = tmp_path / "serve.yaml"            # merges of small segments all the time, killed mid-way too
+    conf.write_text("compact_segments: 2\n")
+    s = serve("--workers", "2", "--serve-config", str(conf))
     c = s.client()
     assert c.post_json("/c/banks", {"name": "MDUR"}).status == 201
     sigs = [encode(f) for f in random_signatures(60, seed=41)]
@@ -122,6 +124,7 @@ def test_kill_9_of_the_whole_group_during_adds_loses_nothing_acknowledged(serve)
     assert len({cid for cid, _ in acked}) == len(acked)          # no id given twice
     assert len(adders) == 2                                      # both processes were committing
 
+    assert "merged the small segments" in s.stderr()
     s2 = serve("--workers", "2", data=s.data)
     c2 = s2.client()
     assert c2.get("/c/bank/MDUR").json()["size"] >= len(acked)
