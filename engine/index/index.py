@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Container, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -474,7 +474,7 @@ class VideoIndex:
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
 
-    def _check_new_ids(self, ids: Sequence[str], sources: Sequence[str], existing: set[str]) -> None:
+    def _check_new_ids(self, ids: Sequence[str], sources: Sequence[str], existing: Container[str]) -> None:
         seen: dict[str, str] = {}
         for i, src in zip(ids, sources):
             if not i:
@@ -537,7 +537,7 @@ class VideoIndex:
 
         ids, sources = [p.stem for p in paths], [str(p) for p in paths]
         with self._writing() as m:
-            self._check_new_ids(ids, sources, set(self._locations()))
+            self._check_new_ids(ids, sources, self._locations())   # a dict: no O(N) copy per commit
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             store = m.store
@@ -615,7 +615,7 @@ class VideoIndex:
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures | Signatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
         with self._writing() as m:
-            self._check_new_ids(ids, sources, set(self._locations()))
+            self._check_new_ids(ids, sources, self._locations())   # a dict: no O(N) copy per commit
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             store = m.store
