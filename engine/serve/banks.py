@@ -73,7 +73,6 @@ COMPACT_LOCK = "COMPACT.lock"
 RETIRE_S = 60.0
 
 
-
 class BankError(Exception):
     """An expected failure of a bank request: HTTP status and a one-line message."""
 
@@ -167,7 +166,8 @@ class BankStore:
         self.banks: dict[str, Bank] = {}
         self.ready = threading.Event()
         self.load_error: str | None = None
-        self._lock = threading.Lock()          # guards self.banks and the id counter
+        self._lock = threading.Lock()          # guards self.banks
+        self._id_lock = threading.Lock()       # guards the id counter (held over NEXT_ID's fsync)
         self._ops: queue.Queue[_Op | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -263,7 +263,7 @@ class BankStore:
     def _new_ids(self, n: int) -> list[int]:
         """`n` fresh content ids: from this process's block, else a new block reserved durably under
         the cross-process lock (a crash skips the rest of a block; an id is never given twice)."""
-        with self._lock:
+        with self._id_lock:
             if self._next_id + n - 1 > self._reserved:
                 fd = os.open(self.data / NEXT_ID_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
                 try:

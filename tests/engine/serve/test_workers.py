@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -81,6 +82,21 @@ def test_added_via_one_worker_visible_to_the_others_within_a_second(serve):
     text = c.get("/metrics").text
     m = re.search(r'vmatch_requests_total\{endpoint="/m/raw_lookup",method="POST",status="200"\} (\S+)', text)
     assert m and float(m.group(1)) == n, (m and m.group(1), n)
+
+    time.sleep(max(0.0, 5.5 - (time.monotonic() - s.started)))  # a worker dying later than 5 s is replaced
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (len(s.workers()) != 2 or workers[0] in s.workers()):
+        time.sleep(0.1)
+    replaced = s.workers()
+    assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced, replaced
+    assert re.search(r"worker [01] exited by signal 9; starting another", s.stderr())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and set(replaced) - _pids(s, "/m/raw_lookup"):
+        c.close()                                                # new connections reach the new worker
+        assert c.post_json("/m/raw_lookup", needle).json() == {"matches": [cid]}
+    assert set(replaced) <= _pids(s, "/m/raw_lookup")
+    workers = replaced
 
     assert s.stop() == 0, s.stderr()                            # SIGTERM: every worker stops gracefully
     for pid in workers:
