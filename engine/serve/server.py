@@ -173,8 +173,8 @@ def _worker_main(opts: ServeOptions, sock: socket.socket, slot: int, metrics_dir
     def report_ready() -> None:      # the supervisor announces the port once every worker is up
         while not store.ready.wait(0.1) and store.load_error is None:
             pass
-        try:
-            os.write(ready_fd, b"r" if store.ready.is_set() else b"e")
+        try:            # one 2-byte record (atomic on a pipe): the slot, and r (ready) or e (load error)
+            os.write(ready_fd, bytes([slot % 256]) + (b"r" if store.ready.is_set() else b"e"))
         except OSError:
             pass
 
@@ -192,9 +192,18 @@ class Supervisor:
         self.opts, self.sock, self.port = opts, sock, port
         self.n = opts.settings.workers
         self.children: dict[int, tuple[int, float]] = {}      # pid -> (slot, start time)
+        self.up: set[int] = set()                             # slots whose worker has loaded the banks
         self.stopping = 0
         self.metrics_dir = tempfile.mkdtemp(prefix="vmatch-metrics-")
         self.ready_r, self.ready_w = os.pipe()
+        os.set_blocking(self.ready_r, False)
+
+    def _drain_ready(self) -> None:
+        try:
+            data = os.read(self.ready_r, 4096)
+        except BlockingIOError:
+            return
+        self.up.update(data[k] for k in range(0, len(data) - 1, 2))
 
     def spawn(self, slot: int) -> None:
         pid = os.fork()
@@ -202,8 +211,9 @@ class Supervisor:
             code = 1
             try:
                 os.close(self.ready_r)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                for sig in (signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C: the supervisor's SIGTERM stops us
                 code = _worker_main(self.opts, self.sock, slot, self.metrics_dir, self.ready_w)
             except BaseException as e:  # noqa: BLE001 - a worker reports and exits, never returns here
                 if not isinstance(e, SystemExit):
@@ -236,11 +246,10 @@ class Supervisor:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _wait_ready(self) -> bool:
-        got = 0
-        while got < self.n and not self.stopping:
+        while len(self.up) < self.n and not self.stopping:
             r, _, _ = select.select([self.ready_r], [], [], 0.2)
             if r:
-                got += len(os.read(self.ready_r, self.n - got))
+                self._drain_ready()
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid:
                 self.children.pop(pid, None)
@@ -265,12 +274,16 @@ class Supervisor:
                     rc = 1
                     log.warning("worker %d exited %s", slot, _how(status))
                 continue
-            log.error("worker %d exited %s; starting another", slot, _how(status))
-            if time.monotonic() - started < 5.0:       # dying at start: do not spin, stop instead
-                log.error("worker %d died within 5 s of starting; stopping the server", slot)
+            self._drain_ready()
+            if slot not in self.up:          # dying before it is up: do not spin, stop instead
+                log.error("worker %d exited %s before loading the banks; stopping the server", slot, _how(status))
                 rc = 1
                 self._signal(signal.SIGTERM, None)
                 continue
+            log.error("worker %d exited %s; starting another", slot, _how(status))
+            self.up.discard(slot)
+            if time.monotonic() - started < 1.0:
+                time.sleep(1.0)              # at most one restart a second
             self.spawn(slot)
         log.info("stopped")
         return rc

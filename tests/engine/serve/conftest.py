@@ -38,7 +38,6 @@ class Server:
         # its own process group: `kill_group` reaches the supervisor and every worker at once
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self.log,
                                      start_new_session=True)
-        self.started = time.monotonic()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
