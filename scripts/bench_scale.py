@@ -6,7 +6,7 @@ and never divided by in-process ones).
     python scripts/bench_scale.py add    --items 20000 --workdir /tmp/vmatch-scale
     python scripts/bench_scale.py start  [--repeat 10]
     python scripts/bench_scale.py query  --items 20000 --workdir /tmp/vmatch-scale     # runs tmk-query (~100 s)
-    python scripts/bench_scale.py hash   [--repeat 1]                                  # runs tmk-hash-video
+    python scripts/bench_scale.py hash   [--repeat 3] [--jobs N]                       # runs tmk-hash-video
     python scripts/bench_scale.py level2 [--pairs 4096]                                # runs tmk-two-level-score
 
 read:   in-process files/s of `engine.tmkfile.read_batch` (warm cache, 2 workers) against the
@@ -18,8 +18,10 @@ start:  whole-process start-up of `vmatch --help`, `info`, `compare`, `index inf
         of --repeat runs) next to `python -c pass` and `python -c "import torch"`.
 query:  whole-process `vmatch query INDEX needle --c1 -1 --c2 -1` against the reference
         `tmk-query --c1 -1 --c2 -1 needles.txt haystack.txt` over the same N files.
-hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run once per video,
-        and one short clip per command (whole process both).
+hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run once per video
+        (one bash loop), and one short clip per command (whole process both; each repeat runs
+        the reference then vmatch, medians, wall and CPU = user + system; at least 5 repeats
+        for the short clip).
 level2: one-thread in-process level-2 pairs/s from fp32, fp16 and int8 (candidates in memory, a
         bank of near copies and unrelated videos, c2 = 0.7 and c2 = 0) against the reference
         tmk-two-level-score measured on this machine (whole process, pairs/s of its output).
@@ -201,30 +203,64 @@ def bench_query(args) -> dict:
     return out
 
 
+def _run_timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall s, CPU s = user + system of the process and its children) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, env=ENV, cwd=REPO)
+    dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[:4]}... failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+    return dt, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def _summary(walls: list[float], cpus: list[float]) -> dict:
+    return {"median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3),
+            "runs_s": [round(w, 3) for w in walls], "median_cpu_s": round(statistics.median(cpus), 3)}
+
+
 def bench_hash(args) -> dict:
+    """Whole process, both sides: each repeat runs the reference then vmatch, interleaved, so
+    both see the same load; ratios are of the medians."""
     videos = sorted((REF / "videos").glob("*.mp4"))
     tool = oracle_tool("tmk-hash-video")
     ffmpeg = "/usr/bin/ffmpeg"
-    out: dict = {"videos": len(videos)}
+    out: dict = {"videos": len(videos), "repeat": args.repeat, "cores": os.cpu_count()}
+    jobs = [] if not args.jobs else ["-j", str(args.jobs)]
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        for v in videos:
-            subprocess.run([tool, "-f", ffmpeg, "-i", str(v), "-o", f"{d}/{v.stem}.ref.tmk"], check=True,
-                           capture_output=True)
-        t_ref = time.perf_counter() - t0
-        t_vm, _ = timed([*VMATCH, "hash", *map(str, videos), "-d", f"{d}/vm"])
-        same = all((Path(d) / "vm" / f"{v.stem}.tmk").read_bytes() == (Path(d) / f"{v.stem}.ref.tmk").read_bytes()
-                   for v in videos)
-        out["many_videos"] = {"reference_once_per_video_s": round(t_ref, 2), "vmatch_one_command_s": round(t_vm, 2),
-                              "ratio": round(t_ref / t_vm, 2), "byte_identical": same}
+        ref_script = "\n".join(f"{tool} -f {ffmpeg} -i '{v}' -o '{d}/{v.stem}.ref.tmk' >/dev/null 2>&1 || exit 1"
+                                for v in videos)
+        ref_cmd = ["bash", "-c", ref_script]
+        vm_cmd = [*VMATCH, "hash", *map(str, videos), "-d", f"{d}/vm", *jobs]
+        rw, rc, vw, vc = [], [], [], []
+        same = True
+        for _ in range(args.repeat):
+            w, c = _run_timed(ref_cmd)
+            rw.append(w), rc.append(c)
+            w, c = _run_timed(vm_cmd)
+            vw.append(w), vc.append(c)
+            same = same and all((Path(d) / "vm" / f"{v.stem}.tmk").read_bytes()
+                                == (Path(d) / f"{v.stem}.ref.tmk").read_bytes() for v in videos)
+            for v in videos:
+                (Path(d) / "vm" / f"{v.stem}.tmk").unlink()
+        out["many_videos"] = {"reference_once_per_video": _summary(rw, rc), "vmatch_one_command": _summary(vw, vc),
+                              "vmatch_jobs": args.jobs or "default (one per core)",
+                              "ratio_of_medians": round(statistics.median(rw) / statistics.median(vw), 2),
+                              "byte_identical": same}
         log(f"many: {out['many_videos']}")
         short = min(videos, key=lambda v: v.stat().st_size)
-        t0 = time.perf_counter()
-        subprocess.run([tool, "-f", ffmpeg, "-i", str(short), "-o", f"{d}/s.ref.tmk"], check=True, capture_output=True)
-        t_ref1 = time.perf_counter() - t0
-        t_vm1, _ = timed([*VMATCH, "hash", str(short), "-o", f"{d}/s.tmk"])
-        out["one_short_clip"] = {"video": short.name, "reference_s": round(t_ref1, 3), "vmatch_s": round(t_vm1, 3),
-                                 "ratio": round(t_ref1 / t_vm1, 2)}
+        ref1 = [tool, "-f", ffmpeg, "-i", str(short), "-o", f"{d}/s.ref.tmk"]
+        vm1 = [*VMATCH, "hash", str(short), "-o", f"{d}/s.tmk"]
+        rw, rc, vw, vc = [], [], [], []
+        for _ in range(max(args.repeat, 5)):
+            w, c = _run_timed(ref1)
+            rw.append(w), rc.append(c)
+            w, c = _run_timed(vm1)
+            vw.append(w), vc.append(c)
+        out["one_short_clip"] = {"video": short.name, "reference": _summary(rw, rc), "vmatch": _summary(vw, vc),
+                                 "ratio_of_medians": round(statistics.median(rw) / statistics.median(vw), 2),
+                                 "byte_identical": Path(f"{d}/s.tmk").read_bytes() == Path(f"{d}/s.ref.tmk").read_bytes()}
         log(f"short: {out['one_short_clip']}")
     return out
 
@@ -300,6 +336,7 @@ def main() -> None:
     ap.add_argument("--near-fraction", type=float, default=0.05)
     ap.add_argument("--ref-pairs", type=int, default=400)
     ap.add_argument("--read", type=int, default=0, help="read: only the first N files of the bank")
+    ap.add_argument("--jobs", type=int, default=0, help="hash: vmatch hash -j N (default: its own, one per core)")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     out = {"what": args.what, "load_avg_start": os.getloadavg()}
