@@ -428,7 +428,8 @@ class IndexWriter:
         rows (rows copied as stored, checksums checked on the way); returns the shards rewritten.
 
         ``tail > 0``: only shards with more than `tail` segments, and only their small trailing
-        segments (`_tail_start`) are merged into one; the cheap form a long-running writer such
+        segments (`_tail_start`, and enough of them to leave at most ``tail // 2 + 1``) are merged
+        into one; the cheap form a long-running writer such
         as ``vmatch serve`` runs after its commits (the border side table is left as it is).
         The replaced files are listed as retired and deleted by a writer `retire_after_s` later,
         since a reader holding an older manifest may still open them.
@@ -445,7 +446,8 @@ class IndexWriter:
                     if tail > 0:
                         if len(segs) <= tail:
                             continue
-                        keep[sid] = self._tail_start([s.count - len(s.deleted) for s in segs])
+                        # at most tail // 2 segments stay, so the next merge is tail // 2 commits away
+                        keep[sid] = min(self._tail_start([s.count - len(s.deleted) for s in segs]), tail // 2)
                         if len(segs) - keep[sid] < 2:
                             continue
                     elif not (len(segs) > 1 or any(s.deleted for s in segs)):
