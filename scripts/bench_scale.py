@@ -24,7 +24,11 @@ hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run onc
         for the short clip).
 level2: one-thread in-process level-2 pairs/s from fp32, fp16 and int8 (candidates in memory, a
         bank of near copies and unrelated videos, c2 = 0.7 and c2 = 0) against the reference
-        tmk-two-level-score measured on this machine (whole process, pairs/s of its output).
+        tmk-query measured on this machine (whole process, its level-2 time: total minus a
+        level-1-only run).  At c2 = 0.7 also head first (`*_head_first`: block norms kept beside
+        the rows, computed untimed as at ingest; engine/index/level2.py), with a check that it
+        gives the same matches, scores and offsets.  `*_cpu_time_*`: the same per CPU second of
+        each process (one thread both; less affected by other jobs' load than wall time).
 Bank files: scripts/_bank.py (perturbed reference hashes, 0.2% near copies).  One JSON object
 on stdout.
 """
@@ -273,6 +277,7 @@ def bench_level2(args) -> dict:
     from engine.index.level2 import PairScorer
     from engine.synthetic import mixed_strengths, perturbed_features
     from engine.tmkfile import iter_tmk_paths, read_many
+    from kernels.score import block_norms
 
     torch.set_num_threads(1)
     bases = [f for f in read_many(iter_tmk_paths([REF / "tmk"])) if f.name != "test-padded-dimensions"]
@@ -284,22 +289,47 @@ def bench_level2(args) -> dict:
     n_cos, n_sin = torch.from_numpy(needle.cos[None]), torch.from_numpy(needle.sin[None])
     out: dict = {"pairs": n, "near_fraction": args.near_fraction, "torch_threads": 1}
     stores = {"fp32": rows, "fp16": rows.astype(np.float16), "int8": int8.quantize(rows)}
+    # block norms as kept beside the rows (computed once at ingest, not timed): head-first reads
+    shape = rows.shape[1:]
+    norms = {"fp32": block_norms(rows), "fp16": block_norms(stores["fp16"]),
+             "int8": int8.block_norms(stores["int8"], shape)}
+    results: dict = {}
     for c2 in (0.7, 0.0):
         for name, data in stores.items():
-            def once() -> float:
-                t0 = time.perf_counter()
+            for head_first in ((False, True) if c2 > 0 else (False,)):
+                nrm = norms[name] if head_first else None
+
+                def once() -> tuple[float, float]:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for s in range(0, n, 512):
+                        part = data[s:s + 512]
+                        k = len(part)
+                        nb = None if nrm is None else nrm[s:s + 512]
+                        if name == "fp32":
+                            r = scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k),
+                                             torch.from_numpy(part), c2, nb)
+                        else:
+                            r = scorer.score_raw(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2, nb)
+                        results[(c2, name, head_first, s)] = r
+                    return time.perf_counter() - t0, time.process_time() - c0
+                once()
+                runs = [once() for _ in range(args.repeat)]
+                best, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
+                key = f"{name}_c2_{c2}" + ("_head_first" if head_first else "")
+                out[f"{key}_pairs_per_s"] = round(n / best, 1)
+                # CPU time of this (one-thread) process: less affected by other jobs' load
+                out[f"{key}_cpu_time_pairs_per_cpu_s"] = round(n / max(cpu, 1e-9), 1)
+                log(f"{key}: {n / best:.0f} pairs/s ({n / max(cpu, 1e-9):.0f} per CPU second)")
+            if c2 > 0:   # head-first changes no answer: same matches, same scores and offsets
+                same = True
                 for s in range(0, n, 512):
-                    part = data[s:s + 512]
-                    k = len(part)
-                    if name == "fp32":
-                        scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), torch.from_numpy(part), c2)
-                    else:
-                        scorer.score_raw(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2)
-                return time.perf_counter() - t0
-            once()
-            best = min(once() for _ in range(args.repeat))
-            out[f"{name}_c2_{c2}_pairs_per_s"] = round(n / best, 1)
-            log(f"{name} c2={c2}: {n / best:.0f} pairs/s")
+                    (a, oa), (b, ob) = results[(c2, name, False, s)], results[(c2, name, True, s)]
+                    ma, mb = a >= c2, b >= c2
+                    same &= bool(np.array_equal(ma, mb) and np.array_equal(a[ma], b[mb])
+                                 and np.array_equal(oa[ma], ob[mb]))
+                out[f"{name}_c2_{c2}_head_first_same_answers"] = same
+                out[f"{name}_c2_{c2}_matches"] = int(sum((results[(c2, name, True, s)][0] >= c2).sum()
+                                                         for s in range(0, n, 512)))
     # the reference, whole process: tmk-two-level-score of one needle file against K files
     with tempfile.TemporaryDirectory() as d:
         from engine.tmkfile import write_tmk
@@ -312,15 +342,25 @@ def bench_level2(args) -> dict:
         needle_path = str(REF / "tmk" / f"{needle.name}.tmk")
         (Path(d) / "n.txt").write_text(needle_path + "\n")
         (Path(d) / "h.txt").write_text("\n".join(files) + "\n")
+        def cpu() -> float:
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return r.ru_utime + r.ru_stime
+        c0 = cpu()
         t_ref, rr = timed([oracle_tool("tmk-query"), "--c1", "-1", "--c2", "-1", f"{d}/n.txt", f"{d}/h.txt"])
+        c1 = cpu()
         t_load, _ = timed([oracle_tool("tmk-query"), "--c1", "2", "--level-1-only", f"{d}/n.txt", f"{d}/h.txt"])
+        c2_ = cpu()
     ref = k / max(t_ref - t_load, 1e-9)
+    ref_cpu = k / max((c1 - c0) - (c2_ - c1), 1e-9)
+    out["reference_cpu_time_pairs_per_cpu_s"] = round(ref_cpu, 1)
     out["reference_tmk_query_pairs"] = k
     out["reference_tmk_query_s"] = round(t_ref, 2)
     out["reference_tmk_query_load_only_s"] = round(t_load, 2)
     out["reference_pairs_per_s"] = round(ref, 1)
     for key in [k_ for k_ in out if k_.endswith("_pairs_per_s") and not k_.startswith("reference")]:
         out[key.replace("_pairs_per_s", "_vs_reference")] = round(out[key] / ref, 1)
+    for key in [k_ for k_ in out if k_.endswith("_pairs_per_cpu_s") and not k_.startswith("reference")]:
+        out[key.replace("_pairs_per_cpu_s", "_vs_reference_cpu_time")] = round(out[key] / ref_cpu, 1)
     return out
 
 

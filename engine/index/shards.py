@@ -17,6 +17,7 @@ import torch
 from engine.index import coarse as coarse_mod
 from engine.index.manifest import Manifest
 from engine.index.segment import SegmentReader, read_checked
+from kernels.score import block_norms
 
 __all__ = ["shard_of"]
 
@@ -50,9 +51,21 @@ class _MemoryShard(_ShardBase):
         self.first = np.array([0, self.n], dtype=np.int64)
         self.deleted = np.zeros(self.n, dtype=bool)
         self.searcher = coarse_mod.build_searcher("flat", self.l1, device)
+        self._norms: np.ndarray | None = None
 
     def rows(self, rows: np.ndarray) -> torch.Tensor:
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            return self._rows[int(rows[0]):int(rows[0]) + len(rows)]   # consecutive: a view, no copy
         return self._rows[torch.from_numpy(rows).to(self._rows.device)]
+
+    def block_norms(self, rows: np.ndarray) -> np.ndarray | None:
+        """Block norms of `rows` for head-first level-2 on CPU (engine/index/level2.py), computed
+        once for the whole bank at first use."""
+        if self._rows.device.type != "cpu":
+            return None
+        if self._norms is None:
+            self._norms = block_norms(self._rows.numpy())
+        return self._norms[rows]
 
 
 class _Shard(_ShardBase):

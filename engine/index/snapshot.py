@@ -423,14 +423,25 @@ class IndexSnapshot:
         def fetch(b: int) -> torch.Tensor | np.ndarray:
             lo, hi = bounds[b], bounds[b + 1]
             rows = shards[ush[lo]].rows(urow[lo:hi])
+            if not raw and self.device.type == "cpu" and isinstance(rows, torch.Tensor) and rows.dtype == torch.float16:
+                return rows.numpy()      # an in-memory float16 bank on CPU: scored as read too
             return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
+
+        def norms(b: int) -> np.ndarray | None:     # block norms where the shard keeps them: head first
+            get = getattr(shards[ush[bounds[b]]], "block_norms", None)
+            return None if get is None else get(urow[bounds[b]:bounds[b + 1]])
+
+        def score(rows: torch.Tensor | np.ndarray, needle: np.ndarray, slot_: np.ndarray,
+                  nrm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            fn = self._scorer.score_raw if isinstance(rows, np.ndarray) else self._scorer.score  # as read / widened
+            return fn(nd.cos, nd.sin, needle, slot_, rows, c2, nrm)
 
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
         if len(firsts) == 1:      # one batch (a typical lookup): nothing to overlap, no threads to start
             pos = order[starts[0]:starts[1]]
             with self._compute_threads():
-                l2[pos], offs[pos] = self._scorer.score(nd.cos, nd.sin, pairs.needle[pos], slot[pos], fetch(0), c2)
+                l2[pos], offs[pos] = score(fetch(0), pairs.needle[pos], slot[pos], norms(0))
             return l2, offs
         with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
             ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
@@ -439,8 +450,7 @@ class IndexSnapshot:
                 if b + self.prefetch < len(firsts):
                     ahead.append(ex.submit(fetch, b + self.prefetch))
                 pos = order[starts[b]:starts[b + 1]]
-                score = self._scorer.score_raw if raw else self._scorer.score
-                l2[pos], offs[pos] = score(nd.cos, nd.sin, pairs.needle[pos], slot[pos] - s, rows, c2)
+                l2[pos], offs[pos] = score(rows, pairs.needle[pos], slot[pos] - s, norms(b))
         return l2, offs
 
     @contextmanager
