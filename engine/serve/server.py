@@ -194,7 +194,8 @@ class Supervisor:
         self.children: dict[int, tuple[int, float]] = {}      # pid -> (slot, start time)
         self.up: set[int] = set()                             # slots whose worker has loaded the banks
         self.stopping = 0
-        self.metrics_dir = tempfile.mkdtemp(prefix="vmatch-metrics-")
+        _remove_stale_metrics_dirs()
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"vmatch-metrics-{os.getpid()}-")
         self.ready_r, self.ready_w = os.pipe()
         os.set_blocking(self.ready_r, False)
 
@@ -287,6 +288,16 @@ class Supervisor:
             self.spawn(slot)
         log.info("stopped")
         return rc
+
+
+def _remove_stale_metrics_dirs() -> None:
+    """The metrics folders of supervisors that were killed (kill -9 leaves them behind)."""
+    if not Path("/proc/self").exists():
+        return                       # no way to tell a live supervisor here: leave them
+    for d in Path(tempfile.gettempdir()).glob("vmatch-metrics-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _how(status: int) -> str:
