@@ -19,7 +19,6 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +101,10 @@ def announce(opts: ServeOptions, host: str, port: int) -> None:
         tmp.replace(opts.port_file)
 
 
-def build_local(opts: ServeOptions, metrics_dir: str | None = None) -> tuple[Any, LocalService]:
+def build_local(opts: ServeOptions, metrics_dir: str | None = None, preload: bool = False
+                ) -> tuple[Any, LocalService]:
+    """The ASGI app and its service.  ``preload``: load the banks now, before anything listens
+    (a worker joining a running server must not answer 503 on the shared port while loading)."""
     s = opts.settings
     set_torch_threads(s.torch_threads)
     store = BankStore(opts.data, c1=s.c1, c2=s.c2, device=s.device, poll_s=s.poll_s,
@@ -110,7 +112,12 @@ def build_local(opts: ServeOptions, metrics_dir: str | None = None) -> tuple[Any
     pool = HashPool(opts.make_hasher, s.hash_workers, s.hash_queue)
     service = LocalService(store, pool, s.lookup_threads)
     metrics = Metrics(metrics_dir)
-    app = create_app(service, metrics, s.request_timeout_s, s.hash_timeout_s, on_startup=store.start)
+    if preload:
+        store.start()
+        while not store.ready.wait(0.1) and store.load_error is None:
+            pass
+    app = create_app(service, metrics, s.request_timeout_s, s.hash_timeout_s,
+                     on_startup=None if preload else store.start)
     app = RawLookupFastPath(app, service, s.request_timeout_s)
     return ServeMiddleware(app, metrics, opts.token, int(s.max_body_mb * (1 << 20))), service
 
@@ -167,18 +174,11 @@ def _worker_main(opts: ServeOptions, sock: socket.socket, slot: int, metrics_dir
     _die_with_parent()
     if os.getppid() == 1:
         return 0                     # the supervisor died before the line above
-    asgi, service = build_local(opts, metrics_dir)
-    store = service.store
-
-    def report_ready() -> None:      # the supervisor announces the port once every worker is up
-        while not store.ready.wait(0.1) and store.load_error is None:
-            pass
-        try:            # one 2-byte record (atomic on a pipe): the slot, and r (ready) or e (load error)
-            os.write(ready_fd, bytes([slot % 256]) + (b"r" if store.ready.is_set() else b"e"))
-        except OSError:
-            pass
-
-    threading.Thread(target=report_ready, name="vmatch-ready", daemon=True).start()
+    asgi, service = build_local(opts, metrics_dir, preload=True)    # banks loaded before it accepts
+    try:                # the supervisor announces the port once every worker is up; one 2-byte record
+        os.write(ready_fd, bytes([slot % 256]) + (b"r" if service.store.ready.is_set() else b"e"))
+    except OSError:
+        pass
     signal.signal(signal.SIGTERM, lambda *_: None)
     WorkerServer(_uvicorn_config(asgi)).run(sockets=[sock])
     log.info("worker %d stopped", slot)
