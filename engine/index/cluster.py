@@ -145,6 +145,30 @@ class _Neighbours:
         return self.index.search(xq, k, params=params)
 
 
+def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobe: int = 128, k: int = 16,
+                     sample: int = 2000, seed: int = 0) -> dict[str, float | int]:
+    """IVF against exact level-1 candidates, for `sample` random items as queries.
+
+    ``knn``: of the exact k nearest neighbours with level-1 >= c1 (what round 1 of
+    `cluster_pairs` links from), the share IVF returns; ``range``: of all items with level-1
+    >= c1 (every level-1 pair of the sampled items), the share an IVF range search returns."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
+    flat, ivf = candidate_search(x, "exact"), candidate_search(x, "ivf", nlist, nprobe)
+    hits = {}
+    for name, ix in (("exact", flat), ("ivf", ivf)):
+        d, i = ix.search(x[q], k + 1)
+        knn = {(int(a), int(b)) for a, row, sc in zip(q, i, d) for b, s in zip(row, sc) if b != a and b >= 0 and s >= c1}
+        lims, _, rows = ix.range_search(x[q], c1)
+        qi = np.repeat(q, np.diff(lims.astype(np.int64)))
+        rng_pairs = {(int(a), int(b)) for a, b in zip(qi, rows) if a != b}
+        hits[name] = (knn, rng_pairs)
+    (ek, er), (ik, ir) = hits["exact"], hits["ivf"]
+    return {"queries": len(q), "knn_pairs": len(ek), "knn": round(len(ek & ik) / max(len(ek), 1), 5),
+            "range_pairs": len(er), "range": round(len(er & ir) / max(len(er), 1), 5)}
+
+
 def _clear_bits(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """A copy of a little-endian bitmap with the bits of `ids` cleared."""
     out = bits.copy()
