@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also run the all-pairs algorithm (slow)")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact candidates (and the recall)")
     ap.add_argument("--no-recall", action="store_true", help="skip the IVF recall on 2,000 sampled queries")
+    ap.add_argument("--recall-nprobe", default="", help="also measure the recall at these nprobe (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--index", help="cluster this existing index instead of building a bank")
     args = ap.parse_args()
@@ -163,7 +164,7 @@ def main() -> None:
         out[kind] = {"seconds": round(dt, 2), "cpu_s": round(cpu, 1), "clusters": len(groups), "largest": len(groups[0]) if groups else 0,
                      "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
                      "rounds": st.rounds, "search_rounds": st.search_rounds, "queries": st.queries,
-                     "level1_s": round(st.level1_s, 2), "level2_s": round(st.level2_s, 2)}
+                     "level1_s": round(st.level1_s, 2), "index_s": round(st.index_s, 2), "level2_s": round(st.level2_s, 2)}
         log(f"{kind}: {out[kind]}")
     if "exact" in runs:
         out["ivf"]["components_equal_exact"] = runs["ivf"] == runs["exact"]
@@ -172,7 +173,8 @@ def main() -> None:
         ix = VideoIndex(root, device="cpu")
         where, shards = ix._locations(), ix._state()
         vecs = np.stack([shards[where[i][0]].l1[where[i][1]] for i in sorted(where)])
-        out["ivf"]["recall"] = candidate_recall(vecs, args.c1, nprobe=args.nprobe)
+        probes = sorted({args.nprobe, *(int(p) for p in args.recall_nprobe.split(",") if p)})
+        out["ivf"]["recall"] = {f"nprobe_{p}": r for p, r in candidate_recall(vecs, args.c1, nprobes=tuple(probes)).items()}
         log(f"recall ({time.perf_counter() - t0:.1f} s): {out['ivf']['recall']}")
     if args.baseline:
         ix = VideoIndex(root, device="cpu")

@@ -93,8 +93,9 @@ class ClusterStats:
     rounds: int = 0                # Borůvka rounds of level-2
     search_rounds: int = 0         # neighbour-search rounds (1 + the rounds re-asking saturated items)
     queries: int = 0               # neighbour searches issued, all rounds together
-    level1_s: float = 0.0
+    level1_s: float = 0.0          # candidate index build (IVF training) + searches + exact level-1
     level2_s: float = 0.0
+    index_s: float = 0.0           # of level1_s: building (and for IVF training) the candidate index
 
 
 Level1Fn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -145,9 +146,9 @@ class _Neighbours:
         return self.index.search(xq, k, params=params)
 
 
-def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobe: int = 128, k: int = 16,
-                     sample: int = 2000, seed: int = 0) -> dict[str, float | int]:
-    """IVF against exact level-1 candidates, for `sample` random items as queries.
+def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tuple[int, ...] = (128,), k: int = 16,
+                     sample: int = 2000, seed: int = 0) -> dict[int, dict[str, float | int]]:
+    """IVF against exact level-1 candidates, for `sample` random items as queries, per nprobe.
 
     ``knn``: of the exact k nearest neighbours with level-1 >= c1 (what round 1 of
     `cluster_pairs` links from), the share IVF returns; ``range``: of all items with level-1
@@ -155,18 +156,23 @@ def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobe: int
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     rng = np.random.default_rng(seed)
     q = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
-    flat, ivf = candidate_search(x, "exact"), candidate_search(x, "ivf", nlist, nprobe)
-    hits = {}
-    for name, ix in (("exact", flat), ("ivf", ivf)):
+
+    def pairs(ix) -> tuple[set, set]:
         d, i = ix.search(x[q], k + 1)
         knn = {(int(a), int(b)) for a, row, sc in zip(q, i, d) for b, s in zip(row, sc) if b != a and b >= 0 and s >= c1}
         lims, _, rows = ix.range_search(x[q], c1)
         qi = np.repeat(q, np.diff(lims.astype(np.int64)))
-        rng_pairs = {(int(a), int(b)) for a, b in zip(qi, rows) if a != b}
-        hits[name] = (knn, rng_pairs)
-    (ek, er), (ik, ir) = hits["exact"], hits["ivf"]
-    return {"queries": len(q), "knn_pairs": len(ek), "knn": round(len(ek & ik) / max(len(ek), 1), 5),
-            "range_pairs": len(er), "range": round(len(er & ir) / max(len(er), 1), 5)}
+        return knn, {(int(a), int(b)) for a, b in zip(qi, rows) if a != b}
+
+    ek, er = pairs(candidate_search(x, "exact"))
+    ivf = candidate_search(x, "ivf", nlist, max(nprobes))
+    out = {}
+    for p in nprobes:
+        ivf.nprobe = min(p, ivf.nlist)
+        ik, ir = pairs(ivf)
+        out[p] = {"queries": len(q), "knn_pairs": len(ek), "knn": round(len(ek & ik) / max(len(ek), 1), 5),
+                  "range_pairs": len(er), "range": round(len(er & ir) / max(len(er), 1), 5)}
+    return out
 
 
 def _clear_bits(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -216,7 +222,8 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     t0 = time.perf_counter()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     nb = _Neighbours(candidate_search(x, kind, nlist, nprobe), x)
-    st.level1_s += time.perf_counter() - t0
+    st.index_s = time.perf_counter() - t0
+    st.level1_s += st.index_s
     lo = c1 - slack
     active = np.ones(n, bool)                # saturated (or not yet asked)
     want = np.full(n, k, np.int64)           # new neighbours to ask each item for
