@@ -299,6 +299,7 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     ask(np.arange(n), np.ones(n, np.int64), None, True)
     settle()
     while active.any():
+        before = (int(active.sum()), len(known), st.linked)
         st.search_rounds += 1
         q = np.nonzero(active)[0]
         roots = uf.roots(q)
@@ -317,6 +318,8 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
             for members in np.split(big, cuts):
                 ask(members, known_deg[members], _clear_bits(bits, members), False)
         settle()
+        if (int(active.sum()), len(known), st.linked) == before:     # cannot happen (see above): never loop
+            raise RuntimeError(f"cluster candidate search made no progress in round {st.search_rounds}")
     return uf, st
 
 

@@ -148,3 +148,15 @@ def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds
             assert uf.components() == want, (c1, kind, k, pool)
             assert st.search_rounds >= 2 and st.queries < 6 * n           # saturated items asked again
             assert st.level1_pairs < len(ia) // 10 and sum(scored) == st.level2_pairs
+
+
+def test_candidate_recall_is_one_when_every_list_is_probed_and_drops_with_one():
+    from engine.index.cluster import candidate_recall
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(40, 16))
+    x = c[rng.integers(40, size=2000)] + 0.25 * rng.normal(size=(2000, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    r = candidate_recall(x, 0.85, nlist=16, nprobes=(1, 16), sample=200)
+    assert r[16]["knn"] == r[16]["range"] == 1.0 and r[16]["knn_pairs"] > 1000
+    assert r[1]["knn"] < 1.0 and r[1]["range"] < 1.0
