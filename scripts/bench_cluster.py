@@ -98,6 +98,75 @@ def build(root: Path, n: int, store: str, dup_fraction: float, seed: int) -> Vid
     return VideoIndex(root, device="cpu")
 
 
+def level1_bank(n: int, dup_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The level-1 vectors of a bank like `build`'s (same group sizes, same perturbation of the
+    pure average; not the same random draws) and each item's video (group id, or -1-i unrelated),
+    without the level-2 rows: for a candidate-stage run where the store does not fit on disk."""
+    from engine.index.segment import unit_average
+
+    bases = load_bases()
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sizes = group_sizes(int(n * dup_fraction), 0.05, n)
+    vecs, video = [], []
+
+    def perturb(avg: torch.Tensor, k: int, strength: float) -> torch.Tensor:
+        u = avg / avg.norm()
+        g = torch.randn((k, len(u)), generator=gen) / len(u) ** 0.5
+        out = u + strength * g
+        return out / out.norm(dim=1, keepdim=True) * avg.norm()
+
+    for g, size in enumerate(sizes):
+        b = torch.from_numpy(bases[int(rng.integers(len(bases)))].avg).float()
+        own = perturb(b, 1, 3.0)[0]
+        vecs.append(perturb(own, size, 0.3))
+        video.append(np.full(size, g))
+    rest = n - sum(sizes)
+    for s in range(0, rest, 512):
+        k = min(512, rest - s)
+        vecs.append(perturb(torch.from_numpy(bases[(s // 512) % len(bases)].avg).float(), k, 3.0))
+    video.append(-1 - np.arange(rest))
+    x = np.stack([unit_average(v) for v in torch.cat(vecs).numpy()])
+    return x.astype(np.float32), np.concatenate(video)
+
+
+def vectors_only(args: argparse.Namespace) -> dict:
+    """Candidate stage at a size whose store does not fit: real faiss searches and exact level-1
+    on generated level-1 vectors; level-2 replaced by 'same video' (no store, no level-2 cost)."""
+    from engine.index.cluster import cluster_pairs
+
+    t0 = time.perf_counter()
+    x, video = level1_bank(args.items, args.dup_fraction, args.seed)
+    out: dict = {"mode": "vectors-only (level-2 replaced by the generator's video labels; no store)",
+                 "items": len(x), "generate_s": round(time.perf_counter() - t0, 1), "c1": args.c1,
+                 "load_avg_start": os.getloadavg()}
+
+    def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", x[a], x[b])
+
+    def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return video[a] == video[b]
+
+    comps = {}
+    for kind in (["exact"] if not args.no_exact else []) + ["ivf"]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        uf, st = cluster_pairs(x, l1, l2, args.c1, kind, nprobe=args.nprobe)
+        comps[kind] = uf.components()
+        out[kind] = {"seconds": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 1),
+                     "clusters": sum(len(c) >= 2 for c in comps[kind]), "largest": len(comps[kind][0]),
+                     "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
+                     "search_rounds": st.search_rounds, "queries": st.queries, "level1_s": round(st.level1_s, 2),
+                     "index_s": round(st.index_s, 2), "level2_s": round(st.level2_s, 2)}
+        log(f"{kind}: {out[kind]}")
+    if "exact" in comps:
+        out["ivf"]["components_equal_exact"] = comps["ivf"] == comps["exact"]
+    if not args.no_recall:
+        probes = sorted({args.nprobe, *(int(p) for p in args.recall_nprobe.split(",") if p)})
+        out["ivf"]["recall"] = {f"nprobe_{p}": r for p, r in candidate_recall(x, args.c1, nprobes=tuple(probes)).items()}
+    out["load_avg_end"] = os.getloadavg()
+    return out
+
+
 def baseline_clusters(ix: VideoIndex, c1: float, c2: float, batch: int = 128) -> list[list[str]]:
     """The previous algorithm (before issue 13): every needle's exact level-1 range search, then
     level-2 on every pair passing level-1 (each unordered pair from its smaller id)."""
@@ -144,7 +213,13 @@ def main() -> None:
     ap.add_argument("--recall-nprobe", default="", help="also measure the recall at these nprobe (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--index", help="cluster this existing index instead of building a bank")
+    ap.add_argument("--vectors-only", action="store_true",
+                    help="candidate stage only, on generated level-1 vectors, level-2 replaced by the generator's "
+                         "labels (for sizes whose store does not fit on disk; labelled as such in the output)")
     args = ap.parse_args()
+    if args.vectors_only:
+        print(json.dumps(vectors_only(args), indent=1))
+        return
     root = Path(args.index) if args.index else Path(args.workdir) / f"bank-{args.items}-{args.store}"
     root.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
