@@ -6,7 +6,7 @@ import json
 import pytest
 
 from engine.cli import main
-from tests.engine.index.conftest import passing
+from tests.engine.index.conftest import passing, real_feats, real_full  # noqa: F401  (fixtures)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

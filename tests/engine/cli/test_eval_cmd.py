@@ -11,7 +11,7 @@ import pytest
 
 from engine.cli import main
 
-from .conftest import family, write_pairs
+from tests.engine.eval.conftest import family, family_pairs_csv, ref, ref_tmks, write_pairs  # noqa: F401  (fixtures)
 
 
 def run_eval(capsys, *argv: str) -> tuple[int, str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.index import VideoIndex
+from tests.engine.ray.conftest import bad_files, clips  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[3]
 
