@@ -2,6 +2,10 @@
 
 Decoding runs in a background thread one chunk ahead of the feature computation, so on a
 machine with two or more cores hashing costs little more than decoding alone.
+
+Exact mode on CPU (the default there) runs the numpy kernels (kernels/pdqf_np.py,
+kernels/tmk_np.py: the same bytes as the torch ones), so hashing on CPU never imports torch
+(seconds of start-up on a small machine); torch is imported for fast mode and for CUDA only.
 """
 from __future__ import annotations
 
@@ -9,26 +13,28 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from engine.config import HashConfig
 from engine.decode import DecodeError, VideoDecoder, VideoInfo
 from engine.features import TmkFeatures
-from kernels.device import resolve_device, strict_float
+from kernels.device import device_kind, resolve_device, strict_float
 from kernels.params import DEFAULT_PARAMS, TmkParams
-from kernels.pdqf import pdqf
-from kernels.tmk import TmkAccumulator
+
+if TYPE_CHECKING:
+    import torch
 
 from engine.progress import ProgressFn  # noqa: E402  (one progress type: engine.progress)
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
-    """'auto' is exact on CPU (bit-identical, cheap next to decoding) and fast on CUDA."""
+def resolve_mode(mode: str, device: "torch.device | str") -> str:
+    """'auto' is exact on CPU (bit-identical, cheap next to decoding) and fast on CUDA.
+
+    ``device``: a torch device or a device type ('cpu', 'cuda')."""
     if mode == "auto":
-        return "fast" if device.type == "cuda" else "exact"
+        return "fast" if getattr(device, "type", str(device)) == "cuda" else "exact"
     if mode not in ("exact", "fast"):
         raise ValueError(f"unknown hashing mode {mode!r} (expected exact, fast or auto)")
     return mode
@@ -45,39 +51,75 @@ class HashStats:
 class VideoHasher:
     """Stateful hasher (reuse it across videos: tables and device setup are kept)."""
 
-    def __init__(self, params: TmkParams = DEFAULT_PARAMS, mode: str = "auto", device: str | torch.device = "auto",
+    def __init__(self, params: TmkParams = DEFAULT_PARAMS, mode: str = "auto", device: "str | torch.device" = "auto",
                  chunk_frames: int = 256, timeout_s: float | None = 600.0, backend: str = "auto",
-                 fast_exact_below: float = 32.0, torch_threads: int | None = None) -> None:
+                 fast_exact_below: float = 32.0, torch_threads: int | None = None,
+                 decode_threads: int = 0) -> None:
         self.params = params
-        self.device = resolve_device(device)
-        if self.device.type == "cuda":
-            strict_float()
-        if torch_threads:
-            # process-wide: the kernels' tensors are small, so extra intra-op threads mostly
-            # spin against the decoding thread on small machines
-            torch.set_num_threads(torch_threads)
-        self.mode = resolve_mode(mode, self.device)
+        #: decord's decoding threads (engine.decode.VideoDecoder ``threads``; 0: one per core)
+        self.decode_threads = decode_threads
+        #: 'cpu' or 'cuda' (known without torch where no GPU driver is present)
+        self.device_type = device_kind(device)
+        self.mode = resolve_mode(mode, self.device_type)
+        #: 'numpy' (exact on CPU: same bytes, no torch) or 'torch' (fast mode, CUDA)
+        self.kernels = "numpy" if self.device_type == "cpu" and self.mode == "exact" else "torch"
+        self._device: "torch.device | None" = None
+        if self.kernels == "torch":
+            self._device = resolve_device(device)
+            if self._device.type == "cuda":
+                strict_float()
+            if torch_threads:
+                import torch
+
+                # process-wide: the kernels' tensors are small, so extra intra-op threads mostly
+                # spin against the decoding thread on small machines
+                torch.set_num_threads(torch_threads)
         self.chunk_frames, self.timeout_s, self.backend = chunk_frames, timeout_s, backend
         self.fast_exact_below = fast_exact_below
         self.last_stats: HashStats | None = None
+
+    @property
+    def device(self) -> "torch.device":
+        """The torch device (importing torch if this hasher runs the numpy kernels)."""
+        if self._device is None:
+            import torch
+
+            self._device = torch.device(self.device_type)
+        return self._device
 
     def hash_frames(self, chunks: Iterable[np.ndarray], name: str = "",
                     progress: ProgressFn | None = None,
                     on_chunk: Callable[[np.ndarray], None] | None = None) -> TmkFeatures:
         """Hash consecutive uint8 RGB frame chunks [n, 64, 64, 3]; ``on_chunk`` sees each chunk
         (e.g. engine/borders.py's detector)."""
-        acc = TmkAccumulator(self.params, self.mode, self.device)
+        acc, step = self._accumulator()
         for chunk in chunks:
             if len(chunk) == 0:
                 continue
             if on_chunk:
                 on_chunk(chunk)
-            x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
-            acc.update(pdqf(x, self.mode, self.fast_exact_below))
+            step(np.ascontiguousarray(chunk))
             if progress:
                 progress(len(chunk))
         avg, cos, sin, count = acc.finalize()
         return TmkFeatures(avg, cos, sin, count, self.params, name)
+
+    def _accumulator(self) -> tuple[Any, Callable[[np.ndarray], None]]:
+        """A fresh TMK state and the function adding one chunk of frames to it."""
+        if self.kernels == "numpy":
+            from kernels.pdqf_np import pdqf as pdqf_np
+            from kernels.tmk_np import TmkAccumulatorNp
+
+            acc_np = TmkAccumulatorNp(self.params)
+            return acc_np, lambda chunk: acc_np.update(pdqf_np(chunk))
+        import torch
+
+        from kernels.pdqf import pdqf
+        from kernels.tmk import TmkAccumulator
+
+        dev, mode, below = self.device, self.mode, self.fast_exact_below
+        acc = TmkAccumulator(self.params, mode, dev)
+        return acc, lambda chunk: acc.update(pdqf(torch.from_numpy(chunk).to(dev), mode, below))
 
     @classmethod
     def from_config(cls, cfg: "HashConfig", params: TmkParams = DEFAULT_PARAMS, **overrides: object) -> "VideoHasher":
@@ -93,7 +135,7 @@ class VideoHasher:
         """Hash one video file; raises DecodeError (one-line reason) for unreadable input."""
         with VideoDecoder(path, size=self.params.frame_size, out_fps=self.params.fps,
                           chunk_frames=self.chunk_frames, backend=self.backend,
-                          timeout_s=self.timeout_s) as dec:
+                          timeout_s=self.timeout_s, threads=self.decode_threads) as dec:
             feats = self.hash_frames(_prefetch(iter(dec), str(path)), _stem(path), progress, on_chunk)
             self.last_stats = HashStats(feats.frame_count, dec.info)
         return feats

@@ -1,11 +1,45 @@
-"""Device selection and float settings shared by the kernels."""
+"""Device selection and float settings shared by the kernels.
+
+torch is imported only when a torch device is needed: ``device_kind`` answers "cpu" without
+it wherever no GPU driver is present, so CPU hashing (numpy kernels) starts without torch.
+"""
 from __future__ import annotations
 
-import torch
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+#: Device nodes one of which exists wherever a CUDA (or ROCm / WSL) GPU can be used on Linux.
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+def cuda_possible() -> bool:
+    """False when CUDA certainly cannot be available (Linux without a GPU driver's device
+    nodes, or CUDA_VISIBLE_DEVICES hiding every device); True means "ask torch"."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in _GPU_NODES)
+    return True
+
+
+def device_kind(device: "str | torch.device | None" = "auto") -> str:
+    """The device type ('cpu', 'cuda', ...) ``resolve_device`` would give, importing torch only
+    when the answer depends on it (auto with a GPU driver present, or a non-CPU device)."""
+    name = "auto" if device is None else str(device)
+    if name == "cpu" or (name == "auto" and not cuda_possible()):
+        return "cpu"
+    return resolve_device(device).type
+
+
+def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     """'auto' -> cuda when available, else cpu; explicit 'cuda' without CUDA is an error."""
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -16,6 +50,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def strict_float() -> None:
     """Disable TF32 and reduced-precision reductions: the fast kernels promise 1e-5 parity."""
+    import torch
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False

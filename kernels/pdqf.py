@@ -7,29 +7,14 @@ Two evaluation orders:
 """
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
 import numpy as np
 import torch
 
-# Binary32 luma weights (spec 3.2).
+# The DCT matrix is the numpy kernels' (kernels/pdqf_np.py): one definition.
+from kernels.pdqf_np import NUM_FREQ, dct_matrix  # noqa: F401
+
+# Binary32 luma weights (spec 3.2); torch rounds these Python floats to binary32.
 _LUMA = (0.299, 0.587, 0.114)
-#: Number of DCT frequencies kept per axis (1..16; the DC row is dropped).
-NUM_FREQ = 16
-
-
-@lru_cache(maxsize=None)
-def dct_matrix(size: int = 64) -> np.ndarray:
-    """D[u][x] (float32 [16, size]) evaluated with libm cos in double, as the reference does."""
-    s = float(np.float32(math.sqrt(2.0 / size)))
-    d = np.empty((NUM_FREQ, size), dtype=np.float32)
-    for u in range(NUM_FREQ):
-        w = (math.pi / 2.0 / size) * (u + 1)
-        for x in range(size):
-            d[u, x] = np.float32(s * math.cos(w * (2 * x + 1)))
-    d.setflags(write=False)
-    return d
 
 
 def _dct(device: torch.device, size: int, dtype: torch.dtype) -> torch.Tensor:

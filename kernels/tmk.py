@@ -6,14 +6,12 @@ rounding (bit-identical); ``fast`` mode sums whole chunks with float64 matrix pr
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from kernels.params import DEFAULT_PARAMS, TmkParams
-
-TWO_PI = 6.283185307179586
+# libm trig tables in the reference's angle order: shared with the numpy kernels (kernels/tmk_np.py)
+from kernels.tmk_np import TWO_PI, trig_tables_exact  # noqa: F401
 
 
 def seq_sumsq(v: torch.Tensor) -> torch.Tensor:
@@ -28,23 +26,6 @@ def seq_sumsq(v: torch.Tensor) -> torch.Tensor:
 def ref_norm(v: torch.Tensor) -> torch.Tensor:
     """Reference L2 norm: sequential binary32 sum, correctly rounded sqrt (via float64)."""
     return torch.sqrt(seq_sumsq(v).to(torch.float64)).to(torch.float32)
-
-
-def trig_tables_exact(t0: int, count: int, params: TmkParams) -> tuple[np.ndarray, np.ndarray]:
-    """libm cos/sin of theta = f64(f64(2*pi*j)*t)/T for t in [t0, t0+count), j=1..m-1: [count,P,m-1]."""
-    m = params.num_coeffs
-    c = np.empty((count, params.num_periods, m - 1), dtype=np.float64)
-    s = np.empty_like(c)
-    cos, sin = math.cos, math.sin
-    for n in range(count):
-        t = t0 + n
-        for i, period in enumerate(params.periods):
-            ci, si = c[n, i], s[n, i]
-            for j in range(1, m):
-                theta = (TWO_PI * j) * t / period
-                ci[j - 1] = cos(theta)
-                si[j - 1] = sin(theta)
-    return c, s
 
 
 def trig_tables_fast(t0: int, count: int, params: TmkParams, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ and never divided by in-process ones).
     python scripts/bench_scale.py add    --items 20000 --workdir /tmp/vmatch-scale
     python scripts/bench_scale.py start  [--repeat 10]
     python scripts/bench_scale.py query  --items 20000 --workdir /tmp/vmatch-scale     # runs tmk-query (~100 s)
-    python scripts/bench_scale.py hash   [--repeat 1]                                  # runs tmk-hash-video
+    python scripts/bench_scale.py hash   [--repeat 3] [--jobs N]                       # runs tmk-hash-video
     python scripts/bench_scale.py level2 [--pairs 4096]                                # runs tmk-two-level-score
 
 read:   in-process files/s of `engine.tmkfile.read_batch` (warm cache, 2 workers) against the
@@ -18,11 +18,17 @@ start:  whole-process start-up of `vmatch --help`, `info`, `compare`, `index inf
         of --repeat runs) next to `python -c pass` and `python -c "import torch"`.
 query:  whole-process `vmatch query INDEX needle --c1 -1 --c2 -1` against the reference
         `tmk-query --c1 -1 --c2 -1 needles.txt haystack.txt` over the same N files.
-hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run once per video,
-        and one short clip per command (whole process both).
+hash:   one `vmatch hash` of the 14 sample videos against tmk-hash-video run once per video
+        (one bash loop), and one short clip per command (whole process both; each repeat runs
+        the reference then vmatch, medians, wall and CPU = user + system; at least 5 repeats
+        for the short clip).
 level2: one-thread in-process level-2 pairs/s from fp32, fp16 and int8 (candidates in memory, a
         bank of near copies and unrelated videos, c2 = 0.7 and c2 = 0) against the reference
-        tmk-two-level-score measured on this machine (whole process, pairs/s of its output).
+        tmk-query measured on this machine (whole process, its level-2 time: total minus a
+        level-1-only run).  At c2 = 0.7 also head first (`*_head_first`: block norms kept beside
+        the rows, computed untimed as at ingest; engine/index/level2.py), with a check that it
+        gives the same matches, scores and offsets.  `*_cpu_time_*`: the same per CPU second of
+        each process (one thread both; less affected by other jobs' load than wall time).
 Bank files: scripts/_bank.py (perturbed reference hashes, 0.2% near copies).  One JSON object
 on stdout.
 """
@@ -201,30 +207,64 @@ def bench_query(args) -> dict:
     return out
 
 
+def _run_timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall s, CPU s = user + system of the process and its children) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, env=ENV, cwd=REPO)
+    dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[:4]}... failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+    return dt, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def _summary(walls: list[float], cpus: list[float]) -> dict:
+    return {"median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3),
+            "runs_s": [round(w, 3) for w in walls], "median_cpu_s": round(statistics.median(cpus), 3)}
+
+
 def bench_hash(args) -> dict:
+    """Whole process, both sides: each repeat runs the reference then vmatch, interleaved, so
+    both see the same load; ratios are of the medians."""
     videos = sorted((REF / "videos").glob("*.mp4"))
     tool = oracle_tool("tmk-hash-video")
     ffmpeg = "/usr/bin/ffmpeg"
-    out: dict = {"videos": len(videos)}
+    out: dict = {"videos": len(videos), "repeat": args.repeat, "cores": os.cpu_count()}
+    jobs = [] if not args.jobs else ["-j", str(args.jobs)]
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        for v in videos:
-            subprocess.run([tool, "-f", ffmpeg, "-i", str(v), "-o", f"{d}/{v.stem}.ref.tmk"], check=True,
-                           capture_output=True)
-        t_ref = time.perf_counter() - t0
-        t_vm, _ = timed([*VMATCH, "hash", *map(str, videos), "-d", f"{d}/vm"])
-        same = all((Path(d) / "vm" / f"{v.stem}.tmk").read_bytes() == (Path(d) / f"{v.stem}.ref.tmk").read_bytes()
-                   for v in videos)
-        out["many_videos"] = {"reference_once_per_video_s": round(t_ref, 2), "vmatch_one_command_s": round(t_vm, 2),
-                              "ratio": round(t_ref / t_vm, 2), "byte_identical": same}
+        ref_script = "\n".join(f"{tool} -f {ffmpeg} -i '{v}' -o '{d}/{v.stem}.ref.tmk' >/dev/null 2>&1 || exit 1"
+                                for v in videos)
+        ref_cmd = ["bash", "-c", ref_script]
+        vm_cmd = [*VMATCH, "hash", *map(str, videos), "-d", f"{d}/vm", *jobs]
+        rw, rc, vw, vc = [], [], [], []
+        same = True
+        for _ in range(args.repeat):
+            w, c = _run_timed(ref_cmd)
+            rw.append(w), rc.append(c)
+            w, c = _run_timed(vm_cmd)
+            vw.append(w), vc.append(c)
+            same = same and all((Path(d) / "vm" / f"{v.stem}.tmk").read_bytes()
+                                == (Path(d) / f"{v.stem}.ref.tmk").read_bytes() for v in videos)
+            for v in videos:
+                (Path(d) / "vm" / f"{v.stem}.tmk").unlink()
+        out["many_videos"] = {"reference_once_per_video": _summary(rw, rc), "vmatch_one_command": _summary(vw, vc),
+                              "vmatch_jobs": args.jobs or "default (one per core)",
+                              "ratio_of_medians": round(statistics.median(rw) / statistics.median(vw), 2),
+                              "byte_identical": same}
         log(f"many: {out['many_videos']}")
         short = min(videos, key=lambda v: v.stat().st_size)
-        t0 = time.perf_counter()
-        subprocess.run([tool, "-f", ffmpeg, "-i", str(short), "-o", f"{d}/s.ref.tmk"], check=True, capture_output=True)
-        t_ref1 = time.perf_counter() - t0
-        t_vm1, _ = timed([*VMATCH, "hash", str(short), "-o", f"{d}/s.tmk"])
-        out["one_short_clip"] = {"video": short.name, "reference_s": round(t_ref1, 3), "vmatch_s": round(t_vm1, 3),
-                                 "ratio": round(t_ref1 / t_vm1, 2)}
+        ref1 = [tool, "-f", ffmpeg, "-i", str(short), "-o", f"{d}/s.ref.tmk"]
+        vm1 = [*VMATCH, "hash", str(short), "-o", f"{d}/s.tmk"]
+        rw, rc, vw, vc = [], [], [], []
+        for _ in range(max(args.repeat, 5)):
+            w, c = _run_timed(ref1)
+            rw.append(w), rc.append(c)
+            w, c = _run_timed(vm1)
+            vw.append(w), vc.append(c)
+        out["one_short_clip"] = {"video": short.name, "reference": _summary(rw, rc), "vmatch": _summary(vw, vc),
+                                 "ratio_of_medians": round(statistics.median(rw) / statistics.median(vw), 2),
+                                 "byte_identical": Path(f"{d}/s.tmk").read_bytes() == Path(f"{d}/s.ref.tmk").read_bytes()}
         log(f"short: {out['one_short_clip']}")
     return out
 
@@ -237,6 +277,7 @@ def bench_level2(args) -> dict:
     from engine.index.level2 import PairScorer
     from engine.synthetic import mixed_strengths, perturbed_features
     from engine.tmkfile import iter_tmk_paths, read_many
+    from kernels.score import block_norms
 
     torch.set_num_threads(1)
     bases = [f for f in read_many(iter_tmk_paths([REF / "tmk"])) if f.name != "test-padded-dimensions"]
@@ -248,22 +289,47 @@ def bench_level2(args) -> dict:
     n_cos, n_sin = torch.from_numpy(needle.cos[None]), torch.from_numpy(needle.sin[None])
     out: dict = {"pairs": n, "near_fraction": args.near_fraction, "torch_threads": 1}
     stores = {"fp32": rows, "fp16": rows.astype(np.float16), "int8": int8.quantize(rows)}
+    # block norms as kept beside the rows (computed once at ingest, not timed): head-first reads
+    shape = rows.shape[1:]
+    norms = {"fp32": block_norms(rows), "fp16": block_norms(stores["fp16"]),
+             "int8": int8.block_norms(stores["int8"], shape)}
+    results: dict = {}
     for c2 in (0.7, 0.0):
         for name, data in stores.items():
-            def once() -> float:
-                t0 = time.perf_counter()
+            for head_first in ((False, True) if c2 > 0 else (False,)):
+                nrm = norms[name] if head_first else None
+
+                def once() -> tuple[float, float]:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for s in range(0, n, 512):
+                        part = data[s:s + 512]
+                        k = len(part)
+                        nb = None if nrm is None else nrm[s:s + 512]
+                        if name == "fp32":
+                            r = scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k),
+                                             torch.from_numpy(part), c2, nb)
+                        else:
+                            r = scorer.score_raw(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2, nb)
+                        results[(c2, name, head_first, s)] = r
+                    return time.perf_counter() - t0, time.process_time() - c0
+                once()
+                runs = [once() for _ in range(args.repeat)]
+                best, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
+                key = f"{name}_c2_{c2}" + ("_head_first" if head_first else "")
+                out[f"{key}_pairs_per_s"] = round(n / best, 1)
+                # CPU time of this (one-thread) process: less affected by other jobs' load
+                out[f"{key}_cpu_time_pairs_per_cpu_s"] = round(n / max(cpu, 1e-9), 1)
+                log(f"{key}: {n / best:.0f} pairs/s ({n / max(cpu, 1e-9):.0f} per CPU second)")
+            if c2 > 0:   # head-first changes no answer: same matches, same scores and offsets
+                same = True
                 for s in range(0, n, 512):
-                    part = data[s:s + 512]
-                    k = len(part)
-                    if name == "fp32":
-                        scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), torch.from_numpy(part), c2)
-                    else:
-                        scorer.score_raw(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2)
-                return time.perf_counter() - t0
-            once()
-            best = min(once() for _ in range(args.repeat))
-            out[f"{name}_c2_{c2}_pairs_per_s"] = round(n / best, 1)
-            log(f"{name} c2={c2}: {n / best:.0f} pairs/s")
+                    (a, oa), (b, ob) = results[(c2, name, False, s)], results[(c2, name, True, s)]
+                    ma, mb = a >= c2, b >= c2
+                    same &= bool(np.array_equal(ma, mb) and np.array_equal(a[ma], b[mb])
+                                 and np.array_equal(oa[ma], ob[mb]))
+                out[f"{name}_c2_{c2}_head_first_same_answers"] = same
+                out[f"{name}_c2_{c2}_matches"] = int(sum((results[(c2, name, True, s)][0] >= c2).sum()
+                                                         for s in range(0, n, 512)))
     # the reference, whole process: tmk-two-level-score of one needle file against K files
     with tempfile.TemporaryDirectory() as d:
         from engine.tmkfile import write_tmk
@@ -276,15 +342,25 @@ def bench_level2(args) -> dict:
         needle_path = str(REF / "tmk" / f"{needle.name}.tmk")
         (Path(d) / "n.txt").write_text(needle_path + "\n")
         (Path(d) / "h.txt").write_text("\n".join(files) + "\n")
+        def cpu() -> float:
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return r.ru_utime + r.ru_stime
+        c0 = cpu()
         t_ref, rr = timed([oracle_tool("tmk-query"), "--c1", "-1", "--c2", "-1", f"{d}/n.txt", f"{d}/h.txt"])
+        c1 = cpu()
         t_load, _ = timed([oracle_tool("tmk-query"), "--c1", "2", "--level-1-only", f"{d}/n.txt", f"{d}/h.txt"])
+        c2_ = cpu()
     ref = k / max(t_ref - t_load, 1e-9)
+    ref_cpu = k / max((c1 - c0) - (c2_ - c1), 1e-9)
+    out["reference_cpu_time_pairs_per_cpu_s"] = round(ref_cpu, 1)
     out["reference_tmk_query_pairs"] = k
     out["reference_tmk_query_s"] = round(t_ref, 2)
     out["reference_tmk_query_load_only_s"] = round(t_load, 2)
     out["reference_pairs_per_s"] = round(ref, 1)
     for key in [k_ for k_ in out if k_.endswith("_pairs_per_s") and not k_.startswith("reference")]:
         out[key.replace("_pairs_per_s", "_vs_reference")] = round(out[key] / ref, 1)
+    for key in [k_ for k_ in out if k_.endswith("_pairs_per_cpu_s") and not k_.startswith("reference")]:
+        out[key.replace("_pairs_per_cpu_s", "_vs_reference_cpu_time")] = round(out[key] / ref_cpu, 1)
     return out
 
 
@@ -300,6 +376,7 @@ def main() -> None:
     ap.add_argument("--near-fraction", type=float, default=0.05)
     ap.add_argument("--ref-pairs", type=int, default=400)
     ap.add_argument("--read", type=int, default=0, help="read: only the first N files of the bank")
+    ap.add_argument("--jobs", type=int, default=0, help="hash: vmatch hash -j N (default: its own, one per core)")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     out = {"what": args.what, "load_avg_start": os.getloadavg()}

@@ -35,7 +35,7 @@ COMMAND_MODULES = [
 
 #: Commands whose module imports nothing heavy: only that module is loaded for them, so they
 #: run (and start fast) without torch, faiss or decoders being imported.
-LIGHT_COMMANDS = {"signal": "signal_cmd"}
+LIGHT_COMMANDS = {"signal": "signal_cmd", "hash": "hash_cmd"}
 
 
 #: Commands each module adds, for a clear message when its optional dependency is missing.

@@ -41,6 +41,7 @@ __all__ = [
     "VideoInfo",
     "VideoDecoder",
     "decode_frames",
+    "preload",
     "select_frames",
 ]
 
@@ -85,12 +86,14 @@ class _DecordSource:
     name = "decord"
 
     def __init__(self, path: str, size: int, out_fps: int, container: Any = None,
-                 facts: choose.StreamFacts | None = None) -> None:
-        """``container``: the same file open in PyAV, for exact timestamps (decord's are float32)."""
+                 facts: choose.StreamFacts | None = None, threads: int = 0) -> None:
+        """``container``: the same file open in PyAV, for exact timestamps (decord's are float32);
+        ``threads``: libavcodec decoding threads (0: its default, one per core)."""
         import decord  # imported lazily: heavy, and only this backend needs it
 
         _quiet_decord()
-        self._reader: Any = decord.VideoReader(path, width=size, height=size, ctx=decord.cpu(0))
+        self._reader: Any = decord.VideoReader(path, width=size, height=size, ctx=decord.cpu(0),
+                                               num_threads=max(0, int(threads)))
         n = len(self._reader)
         self.fps_in = float(self._reader.get_avg_fps())
         pts = self._reader.get_frame_timestamp(range(n))[:, 0] if n else np.zeros(0)
@@ -149,6 +152,16 @@ def _rotation_filters(m: np.ndarray | None) -> list[tuple[str, str]]:
     if abs(theta) > _ROTATION_SLACK:
         return [("rotate", f"{theta:f}*PI/180")]
     return [("vflip", "")] if m[4] < 0 else []
+
+
+def preload() -> None:
+    """Import the in-process decoders now (a parent does this once before forking workers,
+    which then start without importing them); missing ones are skipped."""
+    for quiet in (_quiet_av, _quiet_decord):
+        try:
+            quiet()
+        except ImportError:
+            pass
 
 
 def _quiet_decord() -> None:
@@ -325,6 +338,9 @@ class VideoDecoder:
     process is killed).
     A decoder can be iterated once; iterate it fully or ``close()`` it (or use ``with``) so
     decord stops decoding ahead.
+    ``threads`` sets decord's libavcodec threads (0: its default; 1 saves the threads'
+    overhead, 5-10% of the CPU, where other videos are decoded at the same time); the ffmpeg
+    pipe always runs the reference's command as it is.
     """
 
     def __init__(
@@ -336,8 +352,11 @@ class VideoDecoder:
         chunk_frames: int = 256,
         backend: str = "auto",
         timeout_s: float | None = None,
+        threads: int = 0,
     ) -> None:
         self.path = str(path)
+        #: decord's decoding threads (0: one per core); 1 where other videos keep the cores busy
+        self.threads = threads
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if size <= 0 or out_fps <= 0 or chunk_frames <= 0:
@@ -351,7 +370,7 @@ class VideoDecoder:
         self._used = False
         self._reason = ""
         self._facts: choose.StreamFacts | None = None
-        self._ffmpeg = find_ffmpeg() if backend in ("auto", "ffmpeg") else None
+        self._ffmpeg_exe: str | None | bool = False   # looked up when first needed (False: not yet)
         self._check_path()
         width, height = self._call(self._probe)
         self._source = self._call(self._open_source)
@@ -367,6 +386,14 @@ class VideoDecoder:
         )
 
     # -- opening
+
+    @property
+    def _ffmpeg(self) -> str | None:
+        """The exact pipe's ffmpeg, found on first use: an input decord reads needs none, and
+        checking the version runs ``ffmpeg -version`` (a process start per video)."""
+        if self._ffmpeg_exe is False:
+            self._ffmpeg_exe = find_ffmpeg() if self.backend in ("auto", "ffmpeg") else None
+        return self._ffmpeg_exe  # type: ignore[return-value]
 
     def _check_path(self) -> None:
         p = Path(self.path)
@@ -430,12 +457,12 @@ class VideoDecoder:
     def _open_decord(self) -> _DecordSource:
         """decord, with exact timestamps from a PyAV demux pass when PyAV is there."""
         if self._facts is None:
-            return _DecordSource(self.path, self.size, self.out_fps)
+            return _DecordSource(self.path, self.size, self.out_fps, threads=self.threads)
         import av
 
         container = av.open(self.path)
         try:
-            return _DecordSource(self.path, self.size, self.out_fps, container, self._facts)
+            return _DecordSource(self.path, self.size, self.out_fps, container, self._facts, self.threads)
         finally:
             container.close()
 

@@ -66,67 +66,59 @@ class FeatureStore:
     def get(self, path: Path) -> TmkFeatures:
         """Signature of one item (raises TmkFormatError / DecodeError naming the file)."""
         path = Path(path)
-        if path in self._mem:
-            return self._mem[path]
-        feats = self.lookup(path) if self.lookup else None
-        if feats is not None:
-            self.looked_up += 1
-        elif is_tmk(path):
-            feats = read_tmk(path)
-            self.read += 1
-        else:
-            cached = self._cache_path(path)
-            if cached is not None and cached.is_file():
-                feats = read_tmk(cached)
-                self.cached += 1
-            else:
-                if self.hasher is None:
-                    raise ValueError(f"{path}: a video input needs a hasher")
-                feats = self.hasher.hash(path)
-                self.hashed += 1
-                if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    write_tmk(cached, feats)
-        self._mem[path] = feats
-        return feats
-
+        if path not in self._mem:
+            self._mem[path] = self._resolve(path, robust=False)
+        return self._mem[path]
 
     def signatures(self, path: Path) -> Signatures:
         """All signatures of one item (--robust): the main one and the border-cropped one, from
         ``X.borders.tmk`` beside a ``.tmk`` item, the index, the cache or a hash with borders."""
-        from engine.index.borders import sidecar_path
-
         path = Path(path)
-        if path in self._sigs:
-            return self._sigs[path]
-        sig = self.signature_lookup(path) if self.signature_lookup else None
-        if sig is not None:
+        if path not in self._sigs:
+            sig = self._resolve(path, robust=True)
+            self._sigs[path] = sig
+            self._mem.setdefault(path, sig.main)
+        return self._sigs[path]
+
+    def _resolve(self, path: Path, robust: bool):  # -> TmkFeatures, or Signatures when robust
+        """The one ladder for an item: the lookup (an index), then a ``.tmk`` file, then the cache,
+        then the hasher (whose result is cached).  ``robust`` asks for ``Signatures``: the
+        signature lookup, the ``.borders.tmk`` sidecar, cache entries with their sidecar (or a
+        ``.noborders`` marker) and the border hasher."""
+        if robust:
+            from engine.index.borders import sidecar_path   # lazy: plain eval does not load the index
+        lookup = self.signature_lookup if robust else self.lookup
+        found = lookup(path) if lookup else None
+        if found is not None:
             self.looked_up += 1
-        elif is_tmk(path):
-            side = sidecar_path(path)
-            sig = Signatures(self.get(path), read_tmk(side) if side.is_file() else None)
-        else:
-            cached = self._cache_path(path)
-            if cached is not None and cached.is_file() and (sidecar_path(cached).is_file()
-                                                            or cached.with_suffix(".noborders").is_file()):
-                side = sidecar_path(cached)
-                sig = Signatures(read_tmk(cached), read_tmk(side) if side.is_file() else None)
-                self.cached += 1
-            else:
-                if self.border_hasher is None:
-                    raise ValueError(f"{path}: a video input needs a hasher")
-                sig = self.border_hasher.hash(path)   # type: ignore[assignment]
-                self.hashed += 1
-                if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    write_tmk(cached, sig.main)
-                    if sig.borders is not None:
-                        write_tmk(sidecar_path(cached), sig.borders)
-                    else:
-                        cached.with_suffix(".noborders").touch()
-        self._sigs[path] = sig
-        self._mem.setdefault(path, sig.main)
-        return sig
+            return found
+        if is_tmk(path):
+            if robust:
+                side = sidecar_path(path)
+                return Signatures(self.get(path), read_tmk(side) if side.is_file() else None)
+            self.read += 1
+            return read_tmk(path)
+        cached = self._cache_path(path)
+        if cached is not None and cached.is_file() and (not robust or sidecar_path(cached).is_file()
+                                                        or cached.with_suffix(".noborders").is_file()):
+            self.cached += 1
+            if not robust:
+                return read_tmk(cached)
+            side = sidecar_path(cached)
+            return Signatures(read_tmk(cached), read_tmk(side) if side.is_file() else None)
+        hasher = self.border_hasher if robust else self.hasher
+        if hasher is None:
+            raise ValueError(f"{path}: a video input needs a hasher")
+        out = hasher.hash(path)
+        self.hashed += 1
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_tmk(cached, out.main if robust else out)
+            if robust and out.borders is not None:
+                write_tmk(sidecar_path(cached), out.borders)
+            elif robust:
+                cached.with_suffix(".noborders").touch()
+        return out
 
 
 class ItemError(InputError):

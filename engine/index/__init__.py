@@ -10,9 +10,9 @@ from typing import Any
 
 _EXPORTS = {
     "VideoIndex": "engine.index.index",
-    "Match": "engine.index.index",
-    "QueryStats": "engine.index.index",
-    "shard_of": "engine.index.index",
+    "Match": "engine.index.snapshot",
+    "QueryStats": "engine.index.snapshot",
+    "shard_of": "engine.index.shards",
     "connected_components": "engine.index.cluster",
     "FORMAT_VERSION": "engine.index.manifest",
     "VideoIndexError": "engine.index.manifest",
@@ -20,7 +20,7 @@ _EXPORTS = {
     "IndexFormatError": "engine.index.manifest",
     "IndexLockedError": "engine.index.manifest",
     "IndexSnapshot": "engine.index.snapshot",
-    "IndexWriter": "engine.index.snapshot",
+    "IndexWriter": "engine.index.writer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -81,6 +81,18 @@ def dequantize(records: np.ndarray, shape: tuple[int, ...], out: np.ndarray | No
     return out
 
 
+def block_norms(records: np.ndarray, shape: tuple[int, ...], chunk: int = 256) -> np.ndarray:
+    """`kernels.score.block_norms` of the stored values s q of records [B, record_bytes] ->
+    [B, P, m] float32 (the head-first bound of engine.index.level2 needs these), `chunk` records
+    at a time so only small int32 temporaries are made."""
+    from kernels.score import block_norms as norms
+    out = np.empty((records.shape[0], *shape[1:-1]), np.float32)
+    for s in range(0, len(records), chunk):
+        q, sc = split(records[s:s + chunk], shape)
+        out[s:s + chunk] = norms(q, sc)
+    return out
+
+
 def row_error(rows: np.ndarray) -> np.ndarray:
     """eps of each row: the largest ||s q - v|| / ||v|| over its vectors (0 for zero vectors)."""
     x = np.asarray(rows, dtype=np.float32)

@@ -5,6 +5,13 @@ once per query call however many needles it serves.  Pairs are scored needle-fir
 reference's argument order).  When a level-2 threshold is given, a pair whose rigorous upper
 bound |K_0| + sum_j |z_j| (the triangle inequality on the trigonometric polynomial) is below it
 cannot match and skips the offset search; the answers are unchanged.
+
+With the candidates' block norms (`kernels.score.block_norms`, kept beside the rows) a CPU
+query reads the first `head_blocks` coefficient blocks of each candidate first: the
+coefficient weights a_j fall fast with j, so the exact head plus a Cauchy-Schwarz bound on the
+tail (`TmkScorer.head_may_reach`, proven there) rejects most unrelated candidates after reading
+5 of their 32 blocks (a second check after 8); only the survivors are read in full.  The
+answers are unchanged.
 """
 from __future__ import annotations
 
@@ -13,8 +20,8 @@ import torch
 
 from kernels.params import TmkParams
 from engine.index import int8
-from kernels.score import (DEFAULT_GRID, TmkScorer, needle_coeffs, needle_coeffs_lowp, pair_coeffs, pair_coeffs_matrix,
-                           pair_coeffs_rows)
+from kernels.score import (DEFAULT_GRID, TmkScorer, _block_weights, coeffs_from_dots, needle_block_dots, needle_coeffs,
+                           needle_coeffs_lowp, needle_norms, pair_coeffs, pair_coeffs_matrix, pair_coeffs_rows)
 
 from kernels.score import BOUND_SLACK  # noqa: E402,F401  (the bound lives with the kernel)
 #: Largest level-2 change from storing one side in float16: each stored value carries a relative
@@ -38,6 +45,8 @@ class PairScorer:
         self.gather_pairs = device.type == "cuda" if gather_pairs is None else gather_pairs
         self.kernel = TmkScorer(params, device, grid)
         self.z = params.z_norm
+        #: Blocks per (side, period) read before each head-first check (measured best on CPU).
+        self.head_blocks: tuple[int, ...] = (5, 8)
 
     def rows_to_device(self, rows: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Store rows [B,2,P,m,d] (float32 or float16) -> float32 on the device (cos = [:, 0], sin = [:, 1]).
@@ -102,22 +111,29 @@ class PairScorer:
         return k0, a, b
 
     def score(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
-              rows: torch.Tensor, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+              rows: torch.Tensor, c2: float | None = None, norms: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Level-2 [K] (NaN where the bound proves level-2 < c2) and best offsets [K,P] (-1 there).
 
         ``rows`` is `rows_to_device` of the candidate batch; pair k is needle ``pair_needle[k]``
-        against row ``pair_slot[k]``.
+        against row ``pair_slot[k]``.  ``norms``: `block_norms` of the rows [B,P,m]; with them
+        and c2 > 0 on CPU, candidates are read head first (`head_first`).
         """
+        if norms is not None and c2 is not None and c2 > 0 and self.device.type == "cpu":
+            return self.head_first(n_cos, n_sin, pair_needle, pair_slot, rows.numpy(), None, norms, c2)
         k0, a, b = self.coeffs(n_cos, n_sin, pair_needle, pair_slot, rows[:, 0], rows[:, 1])
         return self.finish(k0, a, b, c2)
 
     def score_raw(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
-                  raw: np.ndarray, c2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  raw: np.ndarray, c2: float | None = None, norms: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """`score` on CPU from store rows as read (float16 [B,2,P,m,d] or int8 records), never
-        widening whole rows (kernels.score.needle_coeffs_lowp)."""
+        widening whole rows (kernels.score.needle_coeffs_lowp); ``norms`` as in `score`."""
         p = self.params
         shape = (2, p.num_periods, p.num_coeffs, p.dim)
         q, scales = int8.split(raw, shape) if raw.dtype == np.uint8 else (raw, None)
+        if norms is not None and c2 is not None and c2 > 0:
+            return self.head_first(n_cos, n_sin, pair_needle, pair_slot, q, scales, norms, c2)
         k = len(pair_needle)
         k0 = torch.empty((k, p.num_periods))
         a = torch.empty((k, p.num_periods, p.num_coeffs - 1))
@@ -134,6 +150,57 @@ class PairScorer:
             pt = torch.from_numpy(pos)
             k0[pt], a[pt], b[pt] = needle_coeffs_lowp(n_cos[u], n_sin[u], qq, ss)
         return self.finish(k0, a, b, c2)
+
+    def head_first(self, n_cos: torch.Tensor, n_sin: torch.Tensor, pair_needle: np.ndarray, pair_slot: np.ndarray,
+                   q: np.ndarray, scales: np.ndarray | None, norms: np.ndarray, c2: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """`score` on CPU reading the first `head_blocks[0]` blocks of each candidate, then the
+        next ones up to `head_blocks[1]`, ..., of the survivors of `TmkScorer.head_may_reach`
+        only, and the rest of the last survivors.
+
+        q [B,2,P,m,d] float32/float16/int8 (then scales [B,2,P,m]); norms [B,P,m] = block_norms
+        of the rows as stored.  Rejected pairs are NaN / -1 like the other pruned ones.
+        """
+        p, m = self.params.num_periods, self.params.num_coeffs
+        stages = sorted({min(max(1, j), m) for j in self.head_blocks} | {m})
+        k = len(pair_needle)
+        l2 = np.full(k, np.nan, dtype=np.float32)
+        offs = np.full((k, p), -1, dtype=np.int64)
+        uniq = np.unique(pair_needle)
+        order = np.argsort(pair_needle, kind="stable")
+        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
+        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+            pos = order[s:e]
+            slots = pair_slot[pos]
+            every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
+            w = _block_weights(n_cos[u], n_sin[u])
+            nn = needle_norms(n_cos[u], n_sin[u])
+            alive = None if every else slots                  # candidates still possible
+            where = np.arange(len(slots))                     # their positions in `pos`
+            dots = np.empty((2, p, m, len(slots), 2), np.float32)
+            j0 = 0
+            for j1 in stages:
+                if j0 and every and 2 * len(where) > len(q):
+                    # most rows still alive: read the next blocks of all of them (the direct
+                    # strided product for fp32) and keep the survivors' columns
+                    dots[:, :, j0:j1, where] = needle_block_dots(w, q, scales, range(j0, j1))[:, :, :, alive]
+                else:
+                    dots[:, :, j0:j1, where] = needle_block_dots(w, q, scales, range(j0, j1), alive)
+                if j1 < m:
+                    if j0 and 2 * len(where) > len(slots):
+                        j0 = j1
+                        continue      # the last check kept most: no more checks, read the rest
+                    rows = np.arange(len(q)) if alive is None else alive
+                    keep = np.nonzero(self.kernel.head_may_reach(dots[:, :, :j1, where], nn, norms[rows], c2))[0]
+                    where, alive = where[keep], rows[keep]
+                    if not len(where):
+                        break
+                j0 = j1
+            if not len(where):
+                continue
+            sc, off = self.finish(*coeffs_from_dots(dots[:, :, :, where]), c2)
+            l2[pos[where]], offs[pos[where]] = sc, off
+        return l2, offs
 
     def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:

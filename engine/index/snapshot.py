@@ -1,183 +1,600 @@
-"""The index as an immutable read snapshot plus a writer.
+"""IndexSnapshot: the read side of an index, one committed manifest, immutable.
 
-* `IndexSnapshot`: what one committed manifest holds, for queries. It never changes: a
-  long-running service holds one, answers from it, and swaps in ``snap.refresh()`` (a new
-  snapshot, cheap when nothing or little was committed) after each writer's commit; requests
-  running on the old one are not disturbed. Constructors: `IndexSnapshot.open` (a directory),
-  `IndexSnapshot.shard` (one shard's segments only, what a Ray shard actor serves) and
-  `IndexSnapshot.in_memory` (a bank already in memory).
-* `IndexWriter`: owns the lock and the writes (`add`, `add_paths`, `add_signal_list`,
-  `remove`, `compact`); each commits one new manifest, and `snapshot()` is the state after it.
+What a query needs of one index state: the manifest, its shards (segment files memory-mapped,
+level-1 vectors and the faiss searcher built once), the id -> (shard, row) locations and the
+border side table, plus every read: `query`, `clusters`, `features`, `ids`, `info`, `verify`,
+`item_info`.  Shards, locations and the border table are loaded on first use (or at once by
+`open`) and never change afterwards, so any number of threads can query one snapshot while a
+writer commits: a long-running service holds one and swaps in ``snap.refresh()`` after each
+commit.  `refresh` returns a NEW snapshot (this one unchanged) that reuses every shard that
+only gained segments or tombstones: only the new segment files are read and their level-1 rows
+appended (engine/index/shards.py); a shard rewritten by `compact` (or an IVF shard) is loaded
+afresh.
 
-`VideoIndex` (engine/index/index.py) remains the one-object form of both, for existing callers;
-these classes are the interface new code should hold.
+Constructors: `open` (a directory), `shard` (one shard's segments only: a Ray shard actor) and
+`in_memory` (a bank already in memory, e.g. GPU-resident float16 rows).  Writes go through
+`IndexWriter` (engine/index/writer.py); `VideoIndex` (engine/index/index.py) composes both.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import torch
 
+from engine.errors import check_compatible
 from engine.features import TmkFeatures
-from engine.index.index import Match, VideoIndex
-from engine.index.manifest import IndexFormatError, read_manifest
+from engine.index import borders as borders_mod
+from engine.index import coarse as coarse_mod
+from engine.index.cluster import ClusterStats, cluster_pairs
+from engine.index.level2 import PairScorer
+from engine.index.manifest import IndexCorruptError, IndexFormatError, Manifest, describe, read_manifest
+from engine.index.segment import read_checked, unit_average
+from engine.index.shards import _MemoryShard, _Shard, _ShardBase
+from engine.progress import ProgressFn
+from kernels.device import resolve_device, strict_float
 from kernels.params import DEFAULT_PARAMS, TmkParams
+from kernels.score import level1
 
-__all__ = ["IndexSnapshot", "IndexWriter"]
+__all__ = ["IndexSnapshot", "Match", "QueryStats", "EXACT_CLUSTER_LIMIT"]
+
+#: Largest flat index whose clusters use the exact (all-pairs, in BLAS) candidate search by default.
+EXACT_CLUSTER_LIMIT = 100_000
+
+@dataclass
+class Match:
+    """One needle-item pair that passed both levels; offsets are the best offset per period."""
+
+    needle: str
+    id: str
+    level1: float
+    level2: float
+    offsets: list[int] = field(default_factory=list)
+    #: --robust only: the variant that matched (engine/robust.py), e.g. "hflip", "borders".
+    variant: str = ""
 
 
-class _Frozen(VideoIndex):
-    """A VideoIndex whose view never moves: reload() is refused (writes go through IndexWriter)."""
+@dataclass
+class QueryStats:
+    """What the last query did: needles, level-1 candidates, level-2 pairs scored, matches."""
 
-    _frozen = True
-
-    def reload(self) -> None:  # the snapshot is immutable: refresh() makes a new one
-        pass
-
-    def _writing(self):  # type: ignore[override]
-        raise IndexFormatError(self.root, "a snapshot is read-only (write with IndexWriter)")
+    needles: int = 0
+    candidates: int = 0
+    scored: int = 0
+    matches: int = 0
+    seconds: float = 0.0
 
 
-def _shard_only(view: VideoIndex, shard: int) -> None:
-    m = view.manifest
-    if not 0 <= shard < m.shards:
-        raise IndexFormatError(view.root, f"no shard {shard} (the index has {m.shards})")
-    view.manifest = dataclasses.replace(
-        m, segments=[list(s) if i == shard else [] for i, s in enumerate(m.segments)])
+@dataclass
+class _Needles:
+    names: list[str]
+    unit: np.ndarray          # [Q, d] float32 unit averages
+    cos: torch.Tensor         # [Q, P, m, d] float32 on the device
+    sin: torch.Tensor
+
+
+@dataclass
+class _Pairs:
+    needle: np.ndarray        # int64 [K]
+    shard: np.ndarray         # int64 [K]
+    row: np.ndarray           # int64 [K] row within the shard
+    l1: np.ndarray            # float32 [K]
+
+    def take(self, mask: np.ndarray) -> "_Pairs":
+        return _Pairs(self.needle[mask], self.shard[mask], self.row[mask], self.l1[mask])
+
+    @staticmethod
+    def concat(parts: Sequence["_Pairs"]) -> "_Pairs":
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return _Pairs(z, z, z, np.zeros(0, np.float32))
+        return _Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("needle", "shard", "row", "l1")))
+
+
+#: What a query may write on a snapshot: its own statistics (diagnostics, not index state).
+_DIAGNOSTICS = frozenset({"last_stats", "last_cluster_stats"})
 
 
 class IndexSnapshot:
-    """An immutable read view of one index state (see the module docstring)."""
+    """An immutable read view of one committed index state (see the module docstring)."""
 
-    def __init__(self, view: VideoIndex, shard: int | None = None, options: dict[str, Any] | None = None) -> None:
-        self._view, self._shard, self._options = view, shard, dict(options or {})
+    def __init__(self, root: Path, manifest: Manifest, device: torch.device, *, verify_reads: bool = True,
+                 batch_rows: int = 0, nprobe: int | None = None, prefetch: int = 2, scorer: PairScorer | None = None,
+                 grid: int | None = None, shard_index: int | None = None, memory: bool = False,
+                 shards: list[_ShardBase] | None = None) -> None:
+        """Use the constructors (`open`, `shard`, `in_memory`); this one takes parts already read."""
+        self.root, self.manifest, self.params, self.device = root, manifest, manifest.params, device
+        self.verify_reads, self._nprobe, self.prefetch = verify_reads, nprobe, max(1, prefetch)
+        #: Candidate rows per level-2 batch (0: 512 on CPU, 4096 on CUDA).
+        self.batch_rows = batch_rows or (4096 if device.type == "cuda" else 512)
+        self._scorer = scorer or PairScorer(self.params, device, **({"grid": grid} if grid else {}))
+        self._shard_index, self._memory = shard_index, memory
+        self._loading = threading.Lock()
+        # loaded on first use, then fixed (object.__setattr__: the only writes after construction)
+        self._shards: list[_ShardBase] | None = shards
+        self._where: dict[str, tuple[int, int]] | None = None
+        self._border_table: borders_mod.BorderTable | None = None
+        self.last_stats = QueryStats()
+        self.last_cluster_stats = ClusterStats()
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _DIAGNOSTICS and self.__dict__.get("_sealed"):
+            raise AttributeError(f"IndexSnapshot is immutable (cannot set {name!r}): "
+                                 "refresh() gives a new snapshot, IndexWriter writes")
+        object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def open(cls, path: str | os.PathLike[str], **options: Any) -> "IndexSnapshot":
-        """The state committed now (options: device, verify_reads, batch_rows, nprobe, ...)."""
-        view = _Frozen(path, **options)
-        view._state()  # map the files and build the searcher now, not on the first query
-        return cls(view, None, options)
+    def open(cls, path: str | os.PathLike[str], device: str | torch.device = "auto", verify_reads: bool = True,
+             batch_rows: int = 0, nprobe: int | None = None, grid: int | None = None, prefetch: int = 2,
+             load: bool = True) -> "IndexSnapshot":
+        """The state committed now.  ``load=False`` reads only the manifest (cheap: `len`, `info`);
+        the shards are then mapped on the first query."""
+        snap = cls(Path(path), read_manifest(Path(path)), cls._device(device), verify_reads=verify_reads,
+                   batch_rows=batch_rows, nprobe=nprobe, prefetch=prefetch, grid=grid)
+        return snap.loaded() if load else snap
 
     @classmethod
-    def shard(cls, path: str | os.PathLike[str], shard: int, **options: Any) -> "IndexSnapshot":
-        """One shard's items only (a shard actor of `vmatch query --ray`)."""
-        view = _Frozen(path, **options)
-        _shard_only(view, shard)
-        view._state()
-        return cls(view, shard, options)
+    def shard(cls, path: str | os.PathLike[str], shard: int, device: str | torch.device = "auto",
+              verify_reads: bool = True, batch_rows: int = 0, nprobe: int | None = None, grid: int | None = None,
+              prefetch: int = 2, load: bool = True) -> "IndexSnapshot":
+        """One shard's items only, at the state committed now (a shard actor of `vmatch query --ray`)."""
+        root = Path(path)
+        snap = cls(root, _restrict(root, read_manifest(root), shard), cls._device(device), verify_reads=verify_reads,
+                   batch_rows=batch_rows, nprobe=nprobe, prefetch=prefetch, grid=grid, shard_index=shard)
+        return snap.loaded() if load else snap
 
     @classmethod
-    def in_memory(cls, ids: Sequence[str], unit_averages: np.ndarray, rows: Any,
-                  params: TmkParams = DEFAULT_PARAMS, device: str = "auto", batch_rows: int = 4096) -> "IndexSnapshot":
-        """A bank already in memory: unit averages [N,d], rows [N,2,P,m,d] (float32 or float16)."""
-        return cls(VideoIndex.in_memory(ids, unit_averages, rows, params, device, batch_rows))
+    def in_memory(cls, ids: Sequence[str], unit_averages: np.ndarray, rows: torch.Tensor,
+                  params: TmkParams = DEFAULT_PARAMS, device: str | torch.device = "auto",
+                  batch_rows: int = 4096) -> "IndexSnapshot":
+        """A bank already in memory: unit averages [N,d], rows [N,2,P,m,d] (float32 or float16, on
+        the query device to keep level-2 there).  Used for banks too large for the disk at hand,
+        such as the 1M-item GPU benchmark, and the pytx index; it never changes (`refresh` is itself)."""
+        dev = cls._device(device)
+        return cls(Path("<memory>"), Manifest(params=params, shards=1), dev, verify_reads=False,
+                   batch_rows=batch_rows, prefetch=1, memory=True,
+                   shards=[_MemoryShard(ids, unit_averages, rows, dev)])
+
+    @staticmethod
+    def _device(device: str | torch.device) -> torch.device:
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            strict_float()
+        return dev
+
+    def _derive(self, m: Manifest, scorer: PairScorer | None = None) -> "IndexSnapshot":
+        """A snapshot of manifest `m` with this one's options and scorer, nothing loaded."""
+        return IndexSnapshot(self.root, m, self.device, verify_reads=self.verify_reads, batch_rows=self.batch_rows,
+                             nprobe=self._nprobe, prefetch=self.prefetch, scorer=scorer or self._scorer,
+                             shard_index=self._shard_index)
+
+    def with_scorer(self, scorer: PairScorer) -> "IndexSnapshot":
+        """This state scored by another `PairScorer` (sharing everything loaded)."""
+        if self._memory:
+            new = IndexSnapshot(self.root, self.manifest, self.device, verify_reads=False, batch_rows=self.batch_rows,
+                                prefetch=self.prefetch, scorer=scorer, memory=True, shards=self._shards)
+        else:
+            new = self._derive(self.manifest, scorer)
+        for k in ("_shards", "_where", "_border_table"):
+            object.__setattr__(new, k, getattr(self, k))
+        return new
 
     # ------------------------------------------------------------------ state
     @property
-    def root(self) -> Path:
-        return self._view.root
-
-    @property
-    def params(self) -> TmkParams:
-        return self._view.params
-
-    @property
-    def device(self) -> Any:
-        return self._view.device
+    def generation(self) -> int:
+        """The manifest generation this snapshot shows (in-memory banks: 0)."""
+        return int(self.manifest.generation)
 
     @property
     def shard_index(self) -> int | None:
         """The shard this snapshot shows (None: all of them)."""
-        return self._shard
+        return self._shard_index
 
     @property
-    def generation(self) -> int:
-        """The manifest generation this snapshot shows (in-memory banks: 0)."""
-        return int(self._view.manifest.generation)
+    def is_loaded(self) -> bool:
+        """Whether the shards are mapped (else the first query maps them)."""
+        return self._shards is not None
+
+    def loaded(self) -> "IndexSnapshot":
+        """This snapshot with its shards mapped; if their files were retired by a compaction since
+        its manifest was read (a grace period of `IndexWriter.retire_after_s` has passed), the
+        newest state instead."""
+        try:
+            self._state()
+            return self
+        except IndexCorruptError:
+            if self._memory or read_manifest(self.root).generation == self.generation:
+                raise
+        new = self._derive(self._restricted(read_manifest(self.root)))
+        new._state()
+        return new
+
+    def refresh(self) -> "IndexSnapshot":
+        """This snapshot if nothing was committed since it was taken, else a new one at the committed
+        state, reusing what this one loaded (this one is left as it was)."""
+        return self._refreshed(own=False)
+
+    def _refreshed(self, own: bool) -> "IndexSnapshot":
+        """`refresh`; ``own``: the caller holds the only reference to this snapshot and drops it, so its
+        location table may be updated in place instead of copied (VideoIndex, IndexWriter)."""
+        if self._memory:
+            return self
+        m = read_manifest(self.root)
+        if m.generation == self.generation:
+            return self
+        m = self._restricted(m)
+        new = self._derive(m)
+        if self._shards is None:
+            return new
+        nprobe = self._nprobe or m.ivf_nprobe
+        shards: list[_ShardBase] = []
+        where, copied = self._where, own
+        for sid, old in enumerate(self._shards):
+            sh = old.extended(self.root, m, sid, self.device, self.verify_reads, nprobe) \
+                if isinstance(old, _Shard) else None
+            if sh is None:
+                sh, where = _Shard(self.root, m, sid, self.device, self.verify_reads, nprobe), None
+            if sh is not old and where is not None:
+                if not copied:
+                    where, copied = dict(where), True
+                _update_where(where, sid, old, sh)
+            shards.append(sh)
+        object.__setattr__(new, "_shards", shards)
+        object.__setattr__(new, "_where", where)
+        return new
+
+    def _restricted(self, m: Manifest) -> Manifest:
+        return m if self._shard_index is None else _restrict(self.root, m, self._shard_index)
+
+    def border_table(self) -> borders_mod.BorderTable:
+        """The border-cropped signatures of this manifest's items (engine/index/borders.py)."""
+        if self._border_table is None:
+            with self._loading:
+                if self._border_table is None:
+                    object.__setattr__(self, "_border_table", borders_mod.BorderTable(
+                        self.root, self.manifest, self.params, self.verify_reads))
+        assert self._border_table is not None
+        return self._border_table
+
+    def item_info(self, item_id: str) -> dict[str, object]:
+        """The stored columns of one live item: id, source, frame_count, content_hash, time_added."""
+        where, shards = self._locations(), self._state()
+        if item_id not in where:
+            raise KeyError(f"{self.root}: no item {item_id!r} in the index")
+        si, r = where[item_id]
+        sh = shards[si]
+        if not isinstance(sh, _Shard):
+            return {"id": item_id}
+        seg, local = sh.locate(r)
+        cols = json.loads(read_checked(self.root, sh.readers[seg].seg.ids))
+        return {k: cols[k][local] for k in ("id", "source", "frame_count", "content_hash", "time_added")}
+
+    def _state(self) -> list[_ShardBase]:
+        """The shards of this manifest, mapped on first use and then fixed."""
+        if self._shards is None:
+            with self._loading:
+                if self._shards is None:
+                    object.__setattr__(self, "_shards", self._load())
+        assert self._shards is not None
+        return self._shards
+
+    def _load(self) -> list[_ShardBase]:
+        m = self.manifest
+        nprobe = self._nprobe or m.ivf_nprobe
+        return [_Shard(self.root, m, i, self.device, self.verify_reads, nprobe) for i in range(m.shards)]
+
+    def _locations(self) -> dict[str, tuple[int, int]]:
+        """id -> (shard, row) of every live item."""
+        if self._where is None:
+            shards = self._state()
+            with self._loading:
+                if self._where is None:
+                    where: dict[str, tuple[int, int]] = {}
+                    for si, sh in enumerate(shards):
+                        for r in sh.live_rows():
+                            where[sh.ids[r]] = (si, int(r))
+                    object.__setattr__(self, "_where", where)
+        assert self._where is not None
+        return self._where
 
     def __len__(self) -> int:
-        return len(self._view)
+        if self._memory:
+            return sum(int((~s.deleted).sum()) for s in self._state())
+        return self.manifest.count
 
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._view
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._locations()
 
     def ids(self) -> list[str]:
-        return self._view.ids()
+        return sorted(self._locations())
 
     def features(self, ids: Sequence[str]) -> list[TmkFeatures]:
-        return self._view.features(ids)
+        """The stored signatures of `ids`, in that order (KeyError names an id not in the index).
+
+        The pure average comes back L2-normalised: the index keeps only its direction, which is
+        all level-1 uses. Features stored as float16 come back widened to float32; banks built
+        in memory carry no frame counts (0).
+        """
+        where, shards = self._locations(), self._state()
+        counts: dict[tuple[int, int], list[int]] = {}
+        out = []
+        for item_id in ids:
+            if item_id not in where:
+                raise KeyError(f"{self.root}: no item {item_id!r} in the index")
+            si, r = where[item_id]
+            sh = shards[si]
+            row = sh.rows(np.array([r], dtype=np.int64))
+            row = self._scorer.rows_to_device(row).cpu().numpy()[0]
+            frames = 0
+            if isinstance(sh, _Shard):
+                seg, local = sh.locate(r)
+                if (si, seg) not in counts:
+                    counts[(si, seg)] = sh.readers[seg].frame_counts()
+                frames = counts[(si, seg)][local]
+            out.append(TmkFeatures(sh.l1[r], row[0], row[1], frames, self.params, item_id))
+        return out
 
     def info(self) -> dict[str, object]:
-        return self._view.info()
+        return describe(self.root, self.manifest)
 
     def verify(self) -> None:
-        self._view.verify()
+        """Check every file and every store row against the manifest's checksums."""
+        for sh in self._state():
+            for r in sh.readers:
+                r.verify()
+        for r in self.border_table().readers:
+            r.verify()
 
-    # ------------------------------------------------------------------ queries
+    # ------------------------------------------------------------------------ querying
+    def _needles(self, feats: Sequence[TmkFeatures]) -> _Needles:
+        for f in feats:
+            check_compatible(self.params, f.params, f.name or "<needle>", "the index's")
+        d = self.params.dim
+        unit = np.stack([unit_average(f.avg) for f in feats]) if feats else np.zeros((0, d), np.float32)
+        cos = torch.from_numpy(np.stack([f.cos for f in feats])).to(self.device) if feats else torch.zeros(0)
+        sin = torch.from_numpy(np.stack([f.sin for f in feats])).to(self.device) if feats else torch.zeros(0)
+        return _Needles([f.name for f in feats], unit, cos, sin)
+
+    def _level1(self, nd: _Needles, c1: float, chunk: int = 1 << 16) -> _Pairs:
+        """Every (needle, live row) with exact level-1 >= c1, per shard."""
+        parts = []
+        for si, sh in enumerate(self._state()):
+            if sh.n == 0:
+                continue
+            if c1 - coarse_mod.SLACK <= -1.0:     # everything passes: no search
+                live = sh.live_rows()
+                needle = np.repeat(np.arange(len(nd.names)), len(live))
+                rows = np.tile(live, len(nd.names))
+            else:
+                lims, rows = sh.searcher.search(nd.unit, c1)
+                needle = np.repeat(np.arange(len(nd.names)), np.diff(lims))
+                keep = ~sh.deleted[rows]
+                needle, rows = needle[keep], rows[keep]
+            l1 = np.empty(len(rows), np.float32)
+            for s in range(0, len(rows), chunk):
+                a = torch.from_numpy(nd.unit[needle[s:s + chunk]])
+                b = torch.from_numpy(sh.l1[rows[s:s + chunk]])
+                l1[s:s + chunk] = level1(a, b).numpy()
+            keep = l1 >= c1
+            parts.append(_Pairs(needle[keep], np.full(int(keep.sum()), si, np.int64), rows[keep], l1[keep]))
+        return _Pairs.concat(parts)
+
+    def _level2(self, nd: _Needles, pairs: _Pairs, c2: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Level-2 of every pair, reading each distinct candidate row once, in bounded batches."""
+        k = len(pairs.needle)
+        l2 = np.full(k, np.nan, np.float32)
+        offs = np.full((k, self.params.num_periods), -1, np.int64)
+        if k == 0:
+            return l2, offs
+        key = pairs.shard * (1 << 40) + pairs.row
+        uniq, slot = np.unique(key, return_inverse=True)
+        ush, urow = uniq >> 40, uniq & ((1 << 40) - 1)
+        shards = self._state()
+        # Batches never cross a segment, so a run of consecutive rows is one view of one map.
+        group = np.zeros(len(uniq), np.int64)
+        for si in np.unique(ush):
+            on = ush == si
+            group[on] = si * (1 << 20) + np.searchsorted(shards[si].first, urow[on], side="right")
+        edges = np.r_[0, np.nonzero(np.diff(group))[0] + 1, len(uniq)]
+        firsts = [f for a, b in zip(edges[:-1], edges[1:]) for f in range(a, b, self.batch_rows)]
+        bounds = np.r_[firsts, len(uniq)]
+        order = np.argsort(slot, kind="stable")
+        starts = np.searchsorted(slot[order], bounds)
+
+        # Widening buffers, one per batch in flight (prefetch being read, one being scored).
+        p = self.params
+        shape = (min(self.batch_rows, len(uniq)), 2, p.num_periods, p.num_coeffs, p.dim)
+        bufs = [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in range(self.prefetch + 1)] \
+            if self.manifest.store != "fp32" else [None] * (self.prefetch + 1)
+        # CPU from fp16/int8: score the rows as read, widening one block at a time (never whole rows)
+        raw = self.device.type == "cpu" and self.manifest.store != "fp32" and not self._memory
+
+        def fetch(b: int) -> torch.Tensor | np.ndarray:
+            lo, hi = bounds[b], bounds[b + 1]
+            rows = shards[ush[lo]].rows(urow[lo:hi])
+            if not raw and self.device.type == "cpu" and isinstance(rows, torch.Tensor) and rows.dtype == torch.float16:
+                return rows.numpy()      # an in-memory float16 bank on CPU: scored as read too
+            return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
+
+        def norms(b: int) -> np.ndarray | None:     # block norms where the shard keeps them: head first
+            get = getattr(shards[ush[bounds[b]]], "block_norms", None)
+            return None if get is None else get(urow[bounds[b]:bounds[b + 1]])
+
+        def score(rows: torch.Tensor | np.ndarray, needle: np.ndarray, slot_: np.ndarray,
+                  nrm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            fn = self._scorer.score_raw if isinstance(rows, np.ndarray) else self._scorer.score  # as read / widened
+            return fn(nd.cos, nd.sin, needle, slot_, rows, c2, nrm)
+
+        # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
+        # this one is scored.
+        if len(firsts) == 1:      # one batch (a typical lookup): nothing to overlap, no threads to start
+            pos = order[starts[0]:starts[1]]
+            with self._compute_threads():
+                l2[pos], offs[pos] = score(fetch(0), pairs.needle[pos], slot[pos], norms(0))
+            return l2, offs
+        with ThreadPoolExecutor(max_workers=self.prefetch) as ex, self._compute_threads():
+            ahead = [ex.submit(fetch, b) for b in range(min(self.prefetch, len(firsts)))]
+            for b, s in enumerate(firsts):
+                rows = ahead.pop(0).result()
+                if b + self.prefetch < len(firsts):
+                    ahead.append(ex.submit(fetch, b + self.prefetch))
+                pos = order[starts[b]:starts[b + 1]]
+                l2[pos], offs[pos] = score(rows, pairs.needle[pos], slot[pos] - s, norms(b))
+        return l2, offs
+
+    @contextmanager
+    def _compute_threads(self) -> Iterator[None]:
+        """On CPU, leave the prefetch workers their cores: torch's intra-op threads spin-wait, and
+        oversubscribing them made a 2-core scan 3-4x slower (docs/benchmarks.md)."""
+        before = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - self.prefetch)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def query(self, needles: Sequence[TmkFeatures], c1: float = 0.7, c2: float = 0.7,
               top: int | None = None) -> list[list[Match]]:
-        return self._view.query(needles, c1, c2, top)
+        """Per needle, the items with level-1 >= c1 and level-2 >= c2 (inclusive), best first."""
+        t0 = time.perf_counter()
+        if not needles:
+            return []
+        nd = self._needles(needles)
+        pairs = self._level1(nd, c1)
+        l2, offs = self._level2(nd, pairs, c2)
+        ok = l2 >= c2
+        shards = self._state()
+        out: list[list[Match]] = [[] for _ in needles]
+        for i in np.nonzero(ok)[0]:
+            n = int(pairs.needle[i])
+            out[n].append(Match(nd.names[n], shards[pairs.shard[i]].ids[pairs.row[i]], float(pairs.l1[i]),
+                                float(l2[i]), offs[i].tolist()))
+        for lst in out:
+            lst.sort(key=lambda mt: (-mt.level2, -mt.level1, mt.id))
+            del lst[top if top is not None else len(lst):]
+        self.last_stats = QueryStats(len(needles), len(pairs.needle), int(np.sum(~np.isnan(l2))),
+                                     int(ok.sum()), time.perf_counter() - t0)
+        return out
 
-    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128) -> list[list[str]]:
-        return self._view.clusters(c1, c2, min_size, batch)
+    # ------------------------------------------------------------------------ clusters
+    def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128,
+                 candidates: str = "auto", nlist: int = 0, nprobe: int = 128,
+                 progress: ProgressFn | None = None) -> list[list[str]]:
+        """Groups of items linked by chains of pairs passing both levels (connected components).
 
-    # ------------------------------------------------------------------ refresh
-    def refresh(self) -> "IndexSnapshot":
-        """This snapshot if nothing was committed since it was taken, else a new one (this one is
-        left as it was). Uses the index's incremental refresh where it has one."""
-        if self._view._memory:
-            return self
-        if read_manifest(self._view.root).generation == self.generation:
-            return self
-        if self._shard is not None:
-            return IndexSnapshot.shard(self._view.root, self._shard, **self._options)
-        return IndexSnapshot.open(self._view.root, **self._options)
+        Level-1 candidates come from one faiss range search per item over all level-1 vectors:
+        ``candidates="exact"`` (flat: the components equal the all-pairs brute force) or
+        ``"ivf"`` (IVF-Flat with `nlist` lists, `nprobe` probed: near-linear time, recall
+        measured in docs/index.md); ``"auto"``: exact for a flat index of at most
+        EXACT_CLUSTER_LIMIT items, else ivf.  Level-2 is scored (the smaller id as needle, like
+        tmk-two-level-score) only for pairs that would join two components
+        (engine/index/cluster.py), `batch` pairs at a time.  Clusters are ordered by size
+        (largest first) then smallest id; members by id.  `last_cluster_stats` says what ran.
+        """
+        names = sorted(self._locations())
+        where, shards = self._locations(), self._state()
+        n, d = len(names), self.params.dim
+        loc = np.array([where[i] for i in names], dtype=np.int64).reshape(-1, 2)
+        shard_of, row_of = loc[:, 0], loc[:, 1]
+        vecs = np.empty((n, d), np.float32)
+        for si, sh in enumerate(shards):
+            on = shard_of == si
+            vecs[on] = sh.l1[row_of[on]]
+        if candidates == "auto":
+            candidates = "exact" if self.manifest.coarse == "flat" and n <= EXACT_CLUSTER_LIMIT else "ivf"
+        if candidates not in ("exact", "ivf"):
+            raise ValueError(f"unknown candidate search {candidates!r} (expected auto, exact or ivf)")
+
+        def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            out = np.empty(len(a), np.float32)
+            for s in range(0, len(a), 1 << 16):
+                out[s:s + (1 << 16)] = level1(torch.from_numpy(vecs[a[s:s + (1 << 16)]]),
+                                              torch.from_numpy(vecs[b[s:s + (1 << 16)]])).numpy()
+            return out
+
+        def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return self._pairs_pass(shard_of, row_of, a, b, c2, max(batch, 256))
+
+        try:
+            uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
+                                                        progress=progress)
+        finally:
+            self.__dict__.pop("_fetch_bufs", None)
+        return [[names[i] for i in c] for c in uf.components() if len(c) >= min_size]
+
+    def _fetch_ranks(self, shard_of: np.ndarray, row_of: np.ndarray, ranks: np.ndarray, slot: int = 0
+                     ) -> torch.Tensor:
+        """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order.
+
+        Rows are gathered as stored (66 KB each for int8) into one buffer, then widened once into
+        a second; both are reused across batches (`slot`), since fresh memory per batch costs a
+        page fault per 4 KB, more than the copy itself."""
+        shards = self._state()
+        bufs = self.__dict__.setdefault("_fetch_bufs", {})
+        raw = bufs.get(("raw", slot))
+        first = shards[int(shard_of[ranks[0]])] if len(ranks) else None
+        if isinstance(first, _MemoryShard) or not len(ranks):
+            p = self.params
+            out = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim), device=self.device)
+            for si in np.unique(shard_of[ranks]):
+                sel = np.nonzero(shard_of[ranks] == si)[0]
+                out[torch.from_numpy(sel).to(self.device)] = self._scorer.rows_to_device(
+                    shards[si].rows(row_of[ranks[sel]]))
+            return out
+        reader = first.readers[0]
+        if raw is None or raw.shape[0] < len(ranks):
+            raw = bufs[("raw", slot)] = np.empty((len(ranks), *reader.row_shape), reader.store.dtype)
+        raw = raw[:len(ranks)]
+        for si in np.unique(shard_of[ranks]):
+            sel = np.nonzero(shard_of[ranks] == si)[0]
+            r = row_of[ranks[sel]]
+            ur, inv = np.unique(r, return_inverse=True)       # each row read (and checked) once
+            raw[sel] = shards[si].rows(ur)[inv.reshape(-1)]
+        if raw.dtype == np.float32:
+            return torch.from_numpy(raw).to(self.device)
+        wide = bufs.get(("wide", slot))
+        if wide is None or wide.shape[0] < len(ranks):
+            p = self.params
+            wide = bufs[("wide", slot)] = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim),
+                                                      device=self.device)
+        return self._scorer.rows_to_device(raw, wide)
+
+    def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
+                    chunk: int) -> np.ndarray:
+        """Whether level-2 (needle a[k], candidate b[k]) >= c2, `chunk` pairs at a time."""
+        ok = np.zeros(len(a), bool)
+        for s in range(0, len(a), chunk):
+            sl = slice(s, s + chunk)
+            sc, _ = self._scorer.score_pairs(self._fetch_ranks(shard_of, row_of, a[sl], 0),
+                                             self._fetch_ranks(shard_of, row_of, b[sl], 1), c2)
+            ok[sl] = sc >= c2
+        return ok
 
 
-class IndexWriter:
-    """The writer of one index: the lock, add, remove and compact (each one atomic commit)."""
+def _restrict(root: Path, m: Manifest, shard: int) -> Manifest:
+    """`m` with the segments of every shard but `shard` left out (a shard snapshot's manifest)."""
+    if not 0 <= shard < m.shards:
+        raise IndexFormatError(root, f"no shard {shard} (the index has {m.shards})")
+    return dataclasses.replace(m, segments=[list(s) if i == shard else [] for i, s in enumerate(m.segments)])
 
-    def __init__(self, path: str | os.PathLike[str], lock_timeout_s: float | None = None, **options: Any) -> None:
-        self._ix = VideoIndex(path, **{"device": "cpu", **options})
-        if lock_timeout_s is not None:
-            self._ix.lock_timeout_s = lock_timeout_s
-        self._options = options
 
-    @classmethod
-    def create(cls, path: str | os.PathLike[str], **kw: Any) -> "IndexWriter":
-        VideoIndex.create(path, **kw)
-        return cls(path)
-
-    @property
-    def root(self) -> Path:
-        return self._ix.root
-
-    @property
-    def params(self) -> TmkParams:
-        return self._ix.params
-
-    def add(self, items: Iterable[TmkFeatures], ids: Sequence[str] | None = None,
-            sources: Sequence[str] | None = None, progress: Any = None) -> int:
-        return self._ix.add(items, ids, sources, progress)
-
-    def add_paths(self, paths: Sequence[str | os.PathLike[str]], hasher: object | None = None,
-                  progress: Any = None, workers: int = 8) -> int:
-        return self._ix.add_paths(paths, hasher=hasher, progress=progress, workers=workers)
-
-    def add_signal_list(self, path: str | os.PathLike[str], progress: Any = None, workers: int = 8) -> int:
-        return self._ix.add_signal_list(path, progress=progress, workers=workers)
-
-    def remove(self, ids: Sequence[str]) -> int:
-        return self._ix.remove(ids)
-
-    def compact(self) -> int:
-        return self._ix.compact()
-
-    def snapshot(self, **options: Any) -> IndexSnapshot:
-        """A snapshot of the state after this writer's last commit."""
-        return IndexSnapshot.open(self._ix.root, **{**self._options, **options})
+def _update_where(where: dict[str, tuple[int, int]], sid: int, old: _ShardBase, new: _ShardBase) -> None:
+    """Locations after shard `sid` went from `old` to `new` (new rows, new tombstones)."""
+    for r in np.nonzero(new.deleted[:old.n] & ~old.deleted)[0]:
+        if where.get(new.ids[r]) == (sid, int(r)):
+            del where[new.ids[r]]
+    for r in range(old.n, new.n):
+        if not new.deleted[r]:
+            where[new.ids[r]] = (sid, r)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from engine.features import TmkFeatures
-from engine.index import Match, VideoIndex, VideoIndexError
+from engine.index import IndexSnapshot, Match, VideoIndex, VideoIndexError
 from engine.index.manifest import MANIFEST_NAME, fsync_dir
 from engine.signals import encode
 from engine.tmkfile import atomic_write_bytes
@@ -82,7 +82,7 @@ class Bank:
     root: Path
     config: BankConfig
     index: VideoIndex                 # the writer's (or poller's) object; refreshed in place
-    view: VideoIndex                  # the read view lookups use: a snapshot, swapped on commits
+    view: IndexSnapshot               # the read view lookups use: a snapshot, swapped on commits
     built_to: float = field(default_factory=time.time)
     stat: tuple[int, int, int] = (0, 0, 0)
 

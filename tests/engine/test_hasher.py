@@ -103,3 +103,15 @@ def test_cuda_exact_and_fast(frames, ref_tmks):
         _check_fast(_hash(frames[stem], "fast", "cuda"), ref, scorer)
     for stem in ("doorknob-hd-no-bar", "chair-19-sd-bar"):
         assert to_bytes(_hash(frames[stem], "exact", "cuda")) == ref_tmks[stem].read_bytes(), stem
+
+
+def test_cpu_exact_runs_the_numpy_kernels_with_the_torch_kernels_bytes(frames):
+    """The CPU default (numpy kernels, no torch) and the torch kernels give the same file."""
+    h = VideoHasher(mode="auto", device="cpu")
+    assert (h.kernels, h.mode, h.device_type) == ("numpy", "exact", "cpu")
+    assert VideoHasher(mode="fast", device="cpu").kernels == "torch"
+    t = VideoHasher(mode="exact", device="cpu")
+    t.kernels = "torch"                       # force the torch kernels on CPU
+    for stem in ("doorknob-hd-no-bar", "test-padded-dimensions"):
+        chunks = [frames[stem][i:i + 37] for i in range(0, len(frames[stem]), 37)]
+        assert to_bytes(h.hash_frames(iter(chunks))) == to_bytes(t.hash_frames(iter(chunks))), stem

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAYERS: dict[str, int] = {
     "kernels": 0,
     "engine.errors": 1, "engine.config": 1, "engine.inputs": 1, "engine.progress": 1,
+    "engine.procpool": 1,
     "engine.decode": 2, "engine.features": 2, "engine.tmkfile": 2, "engine.signals": 2, "engine.scoring": 2,
     "engine.borders": 2, "engine.robust": 2, "engine.synthetic": 2,
     "engine.index": 3, "engine.hasher": 3, "engine.eval": 3, "engine.bench": 3,
