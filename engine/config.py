@@ -8,7 +8,9 @@ Each section belongs to one subsystem, which builds its objects from it:
 ``tmk`` -> `TmkParams` (kernels), ``hash`` -> `VideoHasher.from_config` (engine.hasher),
 ``score`` -> `Scorer.from_config` (engine.scoring), ``index`` -> the index commands and
 `VideoIndex` (engine.index), ``ray`` -> engine.ray (`ray_config`), ``eval`` -> engine.eval.
-The loader refuses unknown sections and keys, and values of the wrong type, naming the key;
+The server's settings are a file of their own, ``configs/serve.yaml`` (`load_serve_config` ->
+`ServeConfig`, owned by engine.serve; its ``ray:`` block is `ServeRayConfig`), read by the same
+validation.  The loader refuses unknown sections and keys, and values of the wrong type, naming the key;
 `ConfigError` (exit 2 in the CLI). tests/engine/test_config.py checks that default.yaml holds
 exactly these defaults.
 """
@@ -33,7 +35,7 @@ SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_DIR = SOURCE_CONFIG_DIR if (SOURCE_CONFIG_DIR / "default.yaml").exists() else PACKAGE_CONFIG_DIR
 
 __all__ = ["Config", "HashConfig", "ScoreConfig", "IndexConfig", "RayConfig", "EvalConfig", "ConfigError",
-           "load_config", "CONFIG_DIR", "SECTIONS"]
+           "ServeConfig", "ServeRayConfig", "load_config", "load_serve_config", "CONFIG_DIR", "SECTIONS"]
 
 
 @dataclass
@@ -126,6 +128,77 @@ class EvalConfig:
         return _section(cls, values, where)
 
 
+def _between(name: str, v: float, lo: float, hi: float) -> None:
+    if not lo <= v <= hi:
+        raise ConfigError(None, f"{name} must be between {lo:g} and {hi:g} (got {v!r})")
+
+
+def _choice(name: str, v: object, choices: tuple[object, ...]) -> None:
+    if v not in choices:
+        raise ConfigError(None, f"{name} must be one of {', '.join(map(str, choices))} (got {v!r})")
+
+
+@dataclass
+class ServeRayConfig:
+    """``ray:`` of serve.yaml (engine.serve.ray_app): `vmatch serve --ray`."""
+
+    address: str | None = None        # None: a local Ray; "auto" or "host:port": join a cluster
+    hashers: int = 1                  # hasher replicas
+    hasher_gpus: float | str = "auto"  # GPU share per hasher replica (auto: one GPU each where present)
+    matchers: int = 2                 # matcher replicas (each holds every bank's level-1 in memory)
+    matcher_gpus: float | str = "auto"  # GPU share per matcher replica (auto: a share of what hashers leave)
+    batch_max: int = 32               # lookups batched into one index query (serve.batch)
+    batch_wait_s: float = 0.005       # longest wait to fill a batch
+
+    def __post_init__(self) -> None:
+        for k in ("hasher_gpus", "matcher_gpus"):
+            v = getattr(self, k)
+            if isinstance(v, str) and v != "auto":
+                raise ConfigError(None, f"{k} must be a number or auto (got {v!r})")
+        if self.hashers < 1 or self.matchers < 1 or self.batch_max < 1:
+            raise ConfigError(None, "hashers, matchers and batch_max must be at least 1")
+
+
+@dataclass
+class ServeConfig:
+    """configs/serve.yaml (engine.serve): `vmatch serve` (command-line flags override it)."""
+
+    host: str = "127.0.0.1"           # without --token-file only a loopback address is accepted
+    port: int = 5000
+    c1: float = 0.7                   # server-wide thresholds (inclusive); a bank may set its own
+    c2: float = 0.7
+    max_body_mb: float = 256          # largest request body (uploads included): 413 beyond
+    request_timeout_s: float = 30.0   # per-request limit for lookups and writes: 504 beyond
+    hash_timeout_s: float = 600.0     # per-upload hashing limit (also the decoder's timeout)
+    hash_workers: int = 1             # videos hashed at once per serving process
+    hash_queue: int = 4               # uploads waiting for a hasher per serving process; beyond: 503
+    lookup_threads: int = 0           # 0: lookups on the event loop, in arrival order; N: N threads batching them
+    poll_s: float = 0.25              # how often commits made by other processes are looked for
+    bank_shards: int = 1              # shards of a new bank's index
+    bank_store: str = "fp32"          # fp32 keeps the exact signal; fp16 halves the disk
+    device: str = "auto"              # matching device (auto: CUDA when present)
+    torch_threads: int | None = 1     # intra-op threads per serving process
+    workers: int = 1                  # serving processes sharing the port and the banks (one per core on CPU)
+    compact_segments: int = 16        # a bank with more segments per shard is compacted in the background (0: never)
+    ray: ServeRayConfig = field(default_factory=ServeRayConfig)
+
+    def __post_init__(self) -> None:
+        _between("c1", self.c1, -1.0, 1.0)
+        _between("c2", self.c2, -1.0, 1.0)
+        _between("port", self.port, 0, 65535)
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _choice("bank_store", self.bank_store, ("fp32", "fp16", "int8"))
+        for k in ("workers", "hash_workers", "bank_shards"):
+            if getattr(self, k) < 1:
+                raise ConfigError(None, f"{k} must be at least 1 (got {getattr(self, k)})")
+        for k in ("hash_queue", "compact_segments", "lookup_threads"):
+            if getattr(self, k) < 0:
+                raise ConfigError(None, f"{k} must be at least 0 (got {getattr(self, k)})")
+        for k in ("max_body_mb", "request_timeout_s", "hash_timeout_s", "poll_s"):
+            if not getattr(self, k) > 0:
+                raise ConfigError(None, f"{k} must be above 0 (got {getattr(self, k)})")
+
+
 #: Section name -> its type. ``tmk`` is special: it builds kernels' frozen TmkParams.
 SECTIONS: dict[str, type] = {"hash": HashConfig, "score": ScoreConfig, "index": IndexConfig,
                              "ray": RayConfig, "eval": EvalConfig}
@@ -190,6 +263,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+    elif dataclasses.is_dataclass(hint):   # a nested block (serve.yaml's ray:)
+        return _section(hint, value, f"{where}: {key}")
     else:
         return value
     raise ConfigError(where, f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
@@ -246,17 +321,14 @@ def parse_config(data: Any, where: str = "config") -> Config:
     return Config(**kw)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load `path` over the typed defaults; without a path, the default file (CONFIG_DIR/default.yaml).
-
-    An explicit path that does not exist or does not parse is a ConfigError.
-    """
+def _read_yaml(path: str | os.PathLike[str] | None, default: str) -> tuple[Any, Path | None]:
+    """The parsed file at `path` (None: CONFIG_DIR/`default`, skipped when absent) and its path."""
     import yaml
 
     explicit = path is not None
-    p = Path(path) if explicit else CONFIG_DIR / "default.yaml"
+    p = Path(path) if explicit else CONFIG_DIR / default
     if not explicit and not p.exists():
-        return Config()
+        return None, None
     try:
         text = p.read_text()
     except (FileNotFoundError, IsADirectoryError) as e:
@@ -264,9 +336,32 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError(p, f"cannot read config ({os_reason(e)})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), p
     except yaml.YAMLError as e:
         raise ConfigError(p, f"not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load `path` over the typed defaults; without a path, the default file (CONFIG_DIR/default.yaml).
+
+    An explicit path that does not exist or does not parse is a ConfigError.
+    """
+    data, p = _read_yaml(path, "default.yaml")
+    if p is None:
+        return Config()
     cfg = parse_config(data, str(p))
     cfg.source = str(p)
     return cfg
+
+
+def load_serve_config(path: str | os.PathLike[str] | None = None) -> ServeConfig:
+    """The server's settings: `path` (None: CONFIG_DIR/serve.yaml) over `ServeConfig`'s defaults.
+
+    Unknown keys, wrong types and out-of-range values are a ConfigError naming the file and key;
+    an explicit path that does not exist is one too."""
+    data, p = _read_yaml(path, "serve.yaml")
+    if p is None:
+        return ServeConfig()
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(p, "top level must be a mapping")
+    return _section(ServeConfig, data, str(p))

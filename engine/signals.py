@@ -61,7 +61,7 @@ def encode(tmk: bytes | TmkFeatures) -> str:
 
 def _b64(s: str, where: str) -> bytes:
     try:
-        return base64.b64decode(s.encode("ascii"), validate=True)
+        return binascii.a2b_base64(s, strict_mode=True)   # b64decode(validate=True) without a copy
     except (binascii.Error, ValueError, UnicodeEncodeError) as e:
         raise SignalError(where, f"invalid base64 ({e})") from None
 

@@ -112,12 +112,23 @@ def loopback(url: str) -> str:
     return url
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server process and its worker processes (`vmatch serve --workers N`: its children)."""
+    kids = []
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (t / "children").read_text().split()]
+    return [pid, *kids]
+
+
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process so far (/proc), None without a pid."""
+    """User + system CPU seconds so far of a process and its workers (/proc), None without a pid."""
     if not pid:
         return None
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in server_pids(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(xs: list[float], q: float) -> float | None:
@@ -175,8 +186,8 @@ def cmd_lookup(args: argparse.Namespace) -> None:
     def adder() -> None:
         cl = ServeClient(url, args.token)
         new = random_signatures(int(args.seconds / args.add_every) + 2, seed=int(time.time()) % 10000)
-        for f in new:
-            if stop.wait(args.add_every) or time.monotonic() >= t_end:
+        for f in new:     # never waits past the end of the run, however long --add-every is
+            if stop.wait(max(0.0, min(args.add_every, t_end - time.monotonic()))) or time.monotonic() >= t_end:
                 return
             t0 = time.perf_counter()
             try:

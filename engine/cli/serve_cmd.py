@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hash-queue", type=int, help="uploads waiting for a hasher (503 beyond)")
     p.add_argument("--request-timeout", type=float, metavar="S", help="per-request time limit (504 beyond)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="matching device")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="serving processes sharing the port and the banks (default 1; on CPU one per core)")
     p.add_argument("--serve-config", metavar="YAML", help="server settings (default: configs/serve.yaml)")
     p.add_argument("--port-file", metavar="FILE", help="write the port listened on to FILE (with --port 0)")
     p.add_argument("--ray", action="store_true", help="run on Ray Serve (hasher and matcher replicas)")
@@ -38,25 +40,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def serve_settings(path: str | None) -> dict[str, Any]:
-    import yaml   # here, not at import: building the parser stays free of yaml and numpy
+def serve_config(args: argparse.Namespace) -> Any:
+    """configs/serve.yaml (or --serve-config) through the one typed loader, then the flags over it."""
+    import dataclasses
 
-    from engine.config import CONFIG_DIR
-    from engine.serve.server import SERVE_DEFAULTS
-    f = Path(path) if path else CONFIG_DIR / "serve.yaml"
-    data: dict[str, Any] = {}
-    if path or f.exists():
-        try:
-            data = yaml.safe_load(f.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise CliError(f"{f}: cannot read config ({str(e).splitlines()[0]})", 2) from None
-        if not isinstance(data, dict):
-            raise CliError(f"{f}: top level must be a mapping", 2)
-    unknown = set(data) - set(SERVE_DEFAULTS)
-    ray_unknown = set(data.get("ray") or {}) - set(SERVE_DEFAULTS["ray"])
-    if unknown or ray_unknown:
-        raise CliError(f"{f}: unknown keys {sorted(unknown | {'ray.' + k for k in ray_unknown})}", 2)
-    return {**SERVE_DEFAULTS, **data, "ray": {**SERVE_DEFAULTS["ray"], **(data.get("ray") or {})}}
+    from engine.config import load_serve_config
+    from engine.errors import ConfigError
+
+    s = load_serve_config(args.serve_config)
+    flags = {"host": "host", "port": "port", "c1": "c1", "c2": "c2", "max_body_mb": "max_body_mb",
+             "hash_workers": "hash_workers", "hash_queue": "hash_queue", "request_timeout_s": "request_timeout",
+             "device": "device", "workers": "workers"}     # setting -> argparse dest
+    over = {key: getattr(args, dest) for key, dest in flags.items() if getattr(args, dest) is not None}
+    if args.ray_address:
+        over["ray"] = dataclasses.replace(s.ray, address=args.ray_address)
+    try:
+        return dataclasses.replace(s, **over)
+    except ConfigError as e:            # a flag out of range: name the flag
+        key = next((k for k in over if e.reason.startswith(k + " ")), None)
+        flag = f"--{flags[key].replace('_', '-')}" if key else None
+        raise CliError(f"{flag} {e.reason[len(key) + 1:]}" if key else e.reason, 2) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,18 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.serve.server import ListenError, ServeOptions, is_loopback, setup_logging
 
     cfg = config_from(args)
-    s = serve_settings(args.serve_config)
-    for key, val in (("host", args.host), ("port", args.port), ("c1", args.c1), ("c2", args.c2),
-                     ("max_body_mb", args.max_body_mb), ("hash_workers", args.hash_workers),
-                     ("hash_queue", args.hash_queue), ("request_timeout_s", args.request_timeout),
-                     ("device", args.device)):
-        if val is not None:
-            s[key] = val
-    if args.ray_address:
-        s["ray"]["address"] = args.ray_address
-    for k in ("c1", "c2"):
-        if not -1.0 <= float(s[k]) <= 1.0:
-            raise CliError(f"--{k} must be between -1 and 1 (got {s[k]})", 2)
+    s = serve_config(args)
     token = None
     if args.token_file:
         try:
@@ -84,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{args.token_file}: cannot read the token file ({e.strerror or e})", 2) from None
         if not token or any(c.isspace() for c in token):
             raise CliError(f"{args.token_file}: the token file must hold one token without spaces", 2)
-    elif not is_loopback(str(s["host"])):
-        raise CliError(f"refusing to listen on {s['host']} without --token-file: anyone who can reach it could "
+    elif not is_loopback(s.host):
+        raise CliError(f"refusing to listen on {s.host} without --token-file: anyone who can reach it could "
                        "read and change the banks (give --token-file FILE, or --host 127.0.0.1)", 2)
     data = Path(args.data)
     if data.exists() and not data.is_dir():
@@ -95,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     def make_hasher() -> Any:
         from engine.hasher import VideoHasher
         return VideoHasher(cfg.tmk, mode=h.mode, device=h.device, chunk_frames=h.chunk_frames,
-                           timeout_s=min(float(s["hash_timeout_s"]), h.timeout_s or float("inf")),
+                           timeout_s=min(s.hash_timeout_s, h.timeout_s or float("inf")),
                            backend=h.backend, fast_exact_below=h.fast_exact_below, torch_threads=h.torch_threads)
 
     setup_logging()

@@ -87,12 +87,15 @@ class ClusterStats:
 
     items: int = 0
     candidates: str = "exact"
-    level1_pairs: int = 0          # pairs with level-1 >= c1 found by the candidate search
+    level1_pairs: int = 0          # distinct pairs with level-1 >= c1 returned by the neighbour searches
     level2_pairs: int = 0          # pairs scored at level-2 (the rest were already joined)
     linked: int = 0                # pairs passing both levels that joined two components
-    rounds: int = 0
-    level1_s: float = 0.0
+    rounds: int = 0                # Borůvka rounds of level-2
+    search_rounds: int = 0         # neighbour-search rounds (1 + the rounds re-asking saturated items)
+    queries: int = 0               # neighbour searches issued, all rounds together
+    level1_s: float = 0.0          # candidate index build (IVF training) + searches + exact level-1
     level2_s: float = 0.0
+    index_s: float = 0.0           # of level1_s: building (and for IVF training) the candidate index
 
 
 Level1Fn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -122,21 +125,94 @@ def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int
     return index
 
 
+class _Neighbours:
+    """k-nearest-neighbour searches of the candidate index, optionally restricted to a bitmap of ids."""
+
+    def __init__(self, index, x: np.ndarray) -> None:
+        import faiss
+
+        self.faiss, self.index, self.x = faiss, index, x
+        self.ivf = hasattr(index, "nprobe")
+
+    def search(self, q: np.ndarray, k: int, bits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids [len(q), k] of the k best items (among those whose bit is set); -1 pads."""
+        k = max(1, min(k, self.index.ntotal))
+        xq = self.x[q]
+        if bits is None:
+            return self.index.search(xq, k)
+        f = self.faiss
+        sel = f.IDSelectorBitmap(len(self.x), f.swig_ptr(bits))
+        params = f.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe) if self.ivf else f.SearchParameters(sel=sel)
+        return self.index.search(xq, k, params=params)
+
+
+def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tuple[int, ...] = (128,), k: int = 16,
+                     sample: int = 2000, seed: int = 0) -> dict[int, dict[str, float | int]]:
+    """IVF against exact level-1 candidates, for `sample` random items as queries, per nprobe.
+
+    ``knn``: of the exact k nearest neighbours with level-1 >= c1 (what round 1 of
+    `cluster_pairs` links from), the share IVF returns; ``range``: of all items with level-1
+    >= c1 (every level-1 pair of the sampled items), the share an IVF range search returns."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
+
+    def pairs(ix) -> tuple[set, set]:
+        d, i = ix.search(x[q], k + 1)
+        knn = {(int(a), int(b)) for a, row, sc in zip(q, i, d) for b, s in zip(row, sc) if b != a and b >= 0 and s >= c1}
+        lims, _, rows = ix.range_search(x[q], c1)
+        qi = np.repeat(q, np.diff(lims.astype(np.int64)))
+        return knn, {(int(a), int(b)) for a, b in zip(qi, rows) if a != b}
+
+    ek, er = pairs(candidate_search(x, "exact"))
+    ivf = candidate_search(x, "ivf", nlist, max(nprobes))
+    out = {}
+    for p in nprobes:
+        ivf.nprobe = min(p, ivf.nlist)
+        ik, ir = pairs(ivf)
+        out[p] = {"queries": len(q), "knn_pairs": len(ek), "knn": round(len(ek & ik) / max(len(ek), 1), 5),
+                  "range_pairs": len(er), "range": round(len(er & ir) / max(len(er), 1), 5)}
+    return out
+
+
+def _clear_bits(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """A copy of a little-endian bitmap with the bits of `ids` cleared."""
+    out = bits.copy()
+    np.bitwise_and.at(out, ids >> 3, ~(np.uint8(1) << (ids & 7).astype(np.uint8)))
+    return out
+
+
 def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: float,
-                  kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 512,
-                  slack: float = 1e-4, hold_pairs: int = 1 << 20, progress: Callable[[int], None] | None = None
-                  ) -> tuple[UnionFind, ClusterStats]:
+                  kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 1024,
+                  slack: float = 1e-4, hold_pairs: int = 1 << 21, progress: Callable[[int], None] | None = None,
+                  k: int = 16, pool_limit: int = 64) -> tuple[UnionFind, ClusterStats]:
     """Connected components of the graph of pairs passing level-1 >= c1 and level-2 >= c2.
 
-    Candidates: a faiss range search of every item's level-1 vector at c1 - slack, each pair
-    kept from its smaller end (flat: exact, so the components equal the all-pairs brute
-    force; IVF: approximate, recall measured in docs/index.md), then the exact
-    `level1(i, j)` >= c1.  Pairs are held until `hold_pairs` accumulate, then linked.  Level-2 is spent only
-    where it can change the answer: a pair whose ends are already in one component is
-    skipped, and the remaining pairs are scored in Borůvka rounds, each component offering
-    its highest-level-1 pair to another component (a heavily copied video costs about one
-    level-2 per copy, not one per pair).  ``level2(i, j)`` says which pairs i < j pass level-2
-    (>= c2).  Components do not depend on the order pairs are met.
+    Candidates come from k-nearest-neighbour searches, not range searches: a range search
+    returns every pair of a duplicate group (a video with 50,000 copies gives 1.25e9 pairs),
+    while the components only need enough edges to join what can be joined.
+
+    Round 1 asks every item for its k+1 nearest level-1 vectors.  An item whose last returned
+    neighbour scores below c1 - slack has all its level-1 candidates in hand ("done"); the
+    others are "saturated" and may hide more.  After linking (level-2 only on pairs joining two
+    components, see `_link`), an edge still unseen has both ends saturated and matters only if
+    it leaves a component, so each later round asks every saturated item again, restricted by
+    a faiss IDSelector to saturated items outside its own component (one call per component
+    with more than `pool_limit` such items; smaller components are pooled without excluding
+    themselves, asking for that many more neighbours).  Known non-edges (failed level-1 or
+    level-2) are asked for on top, so every round either finishes an item or settles at least
+    its `k` new pairs (k doubles for an item each round it stays saturated); rounds repeat
+    until no item is saturated.  Why this is exact on a flat index: for an unseen edge (i, j)
+    take the end finished first, say j in round r; its last search covered every saturated
+    item outside its component, so i was finished before r (then the same argument applies
+    to i, with the earlier round) or was in j's component (already joined).
+
+    Cost: about two searches per item in a group of copies (one to link it, one to show
+    nothing leaves its component) and at most k pairs per search: searches, pairs and level-2
+    grow linearly with the items whatever the group sizes (1.2-1.4 searches per item measured,
+    docs/benchmarks.md); each IVF search itself scans ~nprobe * N / nlist vectors.  ``level1(i, j)`` gives exact level-1 scores (used for pairs within
+    `slack` of c1; faiss's inner products decide the rest), ``level2(i, j)`` which pairs
+    i < j pass level-2 (>= c2).  Components do not depend on the order pairs are met.
     """
     import time
 
@@ -145,56 +221,127 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     if n < 2:
         return uf, st
     t0 = time.perf_counter()
-    index = candidate_search(vectors, kind, nlist, nprobe)
-    st.level1_s += time.perf_counter() - t0
     x = np.ascontiguousarray(vectors, dtype=np.float32)
+    nb = _Neighbours(candidate_search(x, kind, nlist, nprobe), x)
+    st.index_s = time.perf_counter() - t0
+    st.level1_s += st.index_s
+    lo = c1 - slack
+    active = np.ones(n, bool)                # saturated (or not yet asked)
+    want = np.full(n, k, np.int64)           # new neighbours to ask each item for
+    known = np.zeros(0, np.int64)            # non-edges a*n+b (a < b): failed level-1 or level-2
+    known_deg = np.zeros(n, np.int64)
     held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def link() -> None:
+    def settle() -> None:
+        """Link the held pairs (distinct, not yet joined, not known non-edges); remember failures."""
+        nonlocal known
+        if not held:
+            return
         t0 = time.perf_counter()
-        if held:
-            _link(uf, *(np.concatenate(c) for c in zip(*held)), level2, st)
+        a, b, d = (np.concatenate(c) for c in zip(*held))
         held.clear()
-        st.level2_s += time.perf_counter() - t0
-
-    pending = 0
-    for s in range(0, n, query_batch):
-        t0 = time.perf_counter()
-        q = np.arange(s, min(s + query_batch, n))
-        lims, _, rows = index.range_search(x[q], c1 - slack)
-        qi = np.repeat(q, np.diff(lims.astype(np.int64)))
-        rows = rows.astype(np.int64)
-        keep = qi < rows                  # each pair from its smaller end (the exact search is symmetric)
-        a, b = qi[keep], rows[keep]
-        l1 = level1(a, b) if len(a) else np.zeros(0, np.float32)
-        ok = l1 >= c1
+        if not len(a):
+            return
+        key = a * n + b
+        order = np.lexsort((-d, key))
+        key, a, b, d = key[order], a[order], b[order], d[order]
+        first = np.r_[True, key[1:] != key[:-1]]
+        key, a, b, d = key[first], a[first], b[first], d[first]
+        live = (uf.roots(a) != uf.roots(b)) & ~np.isin(key, known, assume_unique=True)
+        key, a, b, d = key[live], a[live], b[live], d[live]
+        near = np.abs(d - c1) <= slack         # too close to call on faiss's rounding: exact level-1
+        if near.any():
+            exact = np.asarray(level1(a[near], b[near]), np.float32)
+            d[np.nonzero(near)[0]] = np.where(exact >= c1, np.maximum(exact, c1), -np.inf)
+        ok = d >= c1
         st.level1_pairs += int(ok.sum())
-        held.append((a[ok], b[ok], l1[ok]))
-        pending += int(ok.sum())
         st.level1_s += time.perf_counter() - t0
-        if pending >= hold_pairs:         # link in large sets: fewer, larger level-2 batches
-            link()
-            pending = 0
-        if progress:
-            progress(len(q))
-    link()
+        t0 = time.perf_counter()
+        fa, fb = _link(uf, a[ok], b[ok], d[ok], level2, st)
+        st.level2_s += time.perf_counter() - t0
+        bad = np.concatenate([key[~ok], fa * n + fb])
+        if len(bad):
+            known = np.union1d(known, bad)
+            np.add.at(known_deg, np.concatenate([a[~ok], fa]), 1)
+            np.add.at(known_deg, np.concatenate([b[~ok], fb]), 1)
+
+    def ask(q: np.ndarray, extra: np.ndarray, bits: np.ndarray | None, report: bool) -> None:
+        """Search items q for want + extra neighbours; hold what passes c1 - slack, finish the done."""
+        nonlocal held
+        need = want[q] + extra
+        bucket = np.ceil(np.log2(need)).astype(np.int64)
+        order = np.lexsort((q, bucket))
+        q, need, bucket = q[order], need[order], bucket[order]
+        for s in range(0, len(q), query_batch):
+            t0 = time.perf_counter()
+            part = slice(s, s + query_batch)
+            for bk in np.unique(bucket[part]):
+                sel = bucket[part] == bk
+                qq = q[part][sel]
+                kk = int(need[part][sel].max())
+                dist, ids = nb.search(qq, kk, bits)
+                st.queries += len(qq)
+                done = (ids[:, -1] < 0) | (dist[:, -1] < lo) | (ids.shape[1] < kk)
+                active[qq[done]] = False
+                grow = qq[~done]
+                want[grow] = np.minimum(2 * want[grow], 4096)
+                m = (ids >= 0) & (dist >= lo) & (ids != qq[:, None])
+                qi = np.broadcast_to(qq[:, None], ids.shape)[m]
+                nj = ids[m].astype(np.int64)
+                held.append((np.minimum(qi, nj), np.maximum(qi, nj), dist[m]))
+            st.level1_s += time.perf_counter() - t0
+            if sum(len(h[0]) for h in held) >= hold_pairs:
+                settle()
+            if report and progress:
+                progress(len(q[part]))
+
+    # round 1: every item, no exclusion (its own component is itself)
+    st.search_rounds = 1
+    ask(np.arange(n), np.ones(n, np.int64), None, True)
+    settle()
+    while active.any():
+        before = (int(active.sum()), len(known), st.linked)
+        st.search_rounds += 1
+        q = np.nonzero(active)[0]
+        roots = uf.roots(q)
+        _, inv, cnt = np.unique(roots, return_inverse=True, return_counts=True)
+        m = cnt[inv.reshape(-1)]
+        bits = np.packbits(active, bitorder="little")
+        pooled = m <= pool_limit
+        if pooled.any():
+            ask(q[pooled], m[pooled] + known_deg[q[pooled]], bits, False)
+        big = q[~pooled]
+        if len(big):
+            broots = roots[~pooled]
+            order = np.argsort(broots, kind="stable")
+            big, broots = big[order], broots[order]
+            cuts = np.nonzero(np.diff(broots))[0] + 1
+            for members in np.split(big, cuts):
+                ask(members, known_deg[members], _clear_bits(bits, members), False)
+        settle()
+        if (int(active.sum()), len(known), st.linked) == before:     # cannot happen (see above): never loop
+            raise RuntimeError(f"cluster candidate search made no progress in round {st.search_rounds}")
     return uf, st
 
 
-def _link(uf: UnionFind, a: np.ndarray, b: np.ndarray, l1: np.ndarray, level2: Level2Fn, st: ClusterStats) -> None:
+def _link(uf: UnionFind, a: np.ndarray, b: np.ndarray, l1: np.ndarray, level2: Level2Fn, st: ClusterStats
+          ) -> tuple[np.ndarray, np.ndarray]:
     """Union the pairs passing level-2, scoring only pairs that join two components.
+
+    Returns the pairs scored that failed level-2 (the known non-edges).
 
     Borůvka rounds: each component offers its `t` highest-level-1 pairs to other components;
     `t` doubles while most offers fail level-2 (candidates that are not copies) and falls back
     to 1 while they pass (a heavily copied video then costs about one level-2 per copy).
     """
     t = 1
+    fails: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
     while len(a):
         ra, rb = uf.roots(a), uf.roots(b)
         live = ra != rb
         a, b, l1, ra, rb = a[live], b[live], l1[live], ra[live], rb[live]
         if not len(a):
-            return
+            break
         st.rounds += 1
         k = len(a)
         src = np.concatenate([ra, rb])
@@ -209,7 +356,9 @@ def _link(uf: UnionFind, a: np.ndarray, b: np.ndarray, l1: np.ndarray, level2: L
         for i in pick[passes].tolist():
             if uf.union(int(a[i]), int(b[i])):
                 st.linked += 1
+        fails.append((a[pick[~passes]], b[pick[~passes]]))
         t = min(2 * t, 256) if passes.mean() < 0.5 else 1
         done = np.zeros(k, bool)
         done[pick] = True
         a, b, l1 = a[~done], b[~done], l1[~done]
+    return np.concatenate([f[0] for f in fails]), np.concatenate([f[1] for f in fails])

@@ -220,9 +220,10 @@ class VideoIndex:
         """Tombstone items by id (all or nothing: an unknown id is an error)."""
         return self._w().remove(ids)
 
-    def compact(self) -> int:
-        """Rewrite shards with tombstones or several segments as one segment (`IndexWriter.compact`)."""
-        return self._w().compact()
+    def compact(self, tail: int = 0) -> int:
+        """Rewrite shards with tombstones or several segments as one segment; ``tail``: only the
+        small trailing segments of shards with more than that many (`IndexWriter.compact`)."""
+        return self._w().compact(tail)
 
     # ------------------------------------------------------------------------ querying
     def query(self, needles: Sequence[TmkFeatures], c1: float = 0.7, c2: float = 0.7,

@@ -508,10 +508,12 @@ class IndexSnapshot:
                  progress: ProgressFn | None = None) -> list[list[str]]:
         """Groups of items linked by chains of pairs passing both levels (connected components).
 
-        Level-1 candidates come from one faiss range search per item over all level-1 vectors:
-        ``candidates="exact"`` (flat: the components equal the all-pairs brute force) or
-        ``"ivf"`` (IVF-Flat with `nlist` lists, `nprobe` probed: near-linear time, recall
-        measured in docs/index.md); ``"auto"``: exact for a flat index of at most
+        Level-1 candidates come from faiss k-nearest-neighbour searches over all level-1
+        vectors, items whose neighbours all pass c1 asked again outside their component
+        (engine/index/cluster.py; no all-pairs range search, so huge duplicate groups stay
+        near-linear): ``candidates="exact"`` (flat: the components equal the all-pairs brute
+        force) or ``"ivf"`` (IVF-Flat with `nlist` lists, `nprobe` probed; recall measured in
+        docs/benchmarks.md); ``"auto"``: exact for a flat index of at most
         EXACT_CLUSTER_LIMIT items, else ivf.  Level-2 is scored (the smaller id as needle, like
         tmk-two-level-score) only for pairs that would join two components
         (engine/index/cluster.py), `batch` pairs at a time.  Clusters are ordered by size

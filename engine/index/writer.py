@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Container, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -200,7 +200,7 @@ class IndexWriter:
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
 
-    def _check_new_ids(self, ids: Sequence[str], sources: Sequence[str], existing: set[str]) -> None:
+    def _check_new_ids(self, ids: Sequence[str], sources: Sequence[str], existing: Container[str]) -> None:
         seen: dict[str, str] = {}
         for i, src in zip(ids, sources):
             if not i:
@@ -263,7 +263,7 @@ class IndexWriter:
 
         ids, sources = [p.stem for p in paths], [str(p) for p in paths]
         with self._writing() as m:
-            self._check_new_ids(ids, sources, set(self._locations()))
+            self._check_new_ids(ids, sources, self._locations())   # a dict: no O(N) copy per commit
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             with self._rollback(writers):
@@ -316,7 +316,7 @@ class IndexWriter:
     def _add_jobs(self, ids: list[str], sources: list[str], jobs: list[Callable[[], TmkFeatures | Signatures]],
                   progress: ProgressFn | None, workers: int = 8, chunk: int = 256) -> int:
         with self._writing() as m:
-            self._check_new_ids(ids, sources, set(self._locations()))
+            self._check_new_ids(ids, sources, self._locations())   # a dict: no O(N) copy per commit
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             writers: dict[int, SegmentWriter] = {}
             store = m.store
@@ -392,10 +392,25 @@ class IndexWriter:
             write_manifest(self.root, m)
         return len(set(ids))
 
-    def compact(self) -> int:
+    @staticmethod
+    def _tail_start(counts: Sequence[int]) -> int:
+        """Where the small segments at the end of a shard begin: walking back from the last one, a
+        segment joins the tail while it holds no more rows than the tail after it (size tiers: each
+        row is rewritten O(log n) times, a large first segment is left alone)."""
+        j, acc = len(counts), 0
+        while j > 0 and (j == len(counts) or counts[j - 1] <= acc):
+            acc += counts[j - 1]
+            j -= 1
+        return j
+
+    def compact(self, tail: int = 0) -> int:
         """Rewrite every shard that has tombstones or several segments as one segment of its live
         rows (rows copied as stored, checksums checked on the way); returns the shards rewritten.
 
+        ``tail > 0``: only shards with more than `tail` segments, and only their small trailing
+        segments (`_tail_start`, and enough of them to leave at most ``tail // 2 + 1``) are merged
+        into one; the cheap form a long-running writer such
+        as ``vmatch serve`` runs after its commits (the border side table is left as it is).
         The replaced files are listed as retired and deleted by a writer `retire_after_s` later,
         since a reader holding an older manifest may still open them.
         """
@@ -404,26 +419,38 @@ class IndexWriter:
             name = f"seg-{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}"
             trained = read_checked(self.root, m.ivf_trained) if m.ivf_trained else None
             writers: dict[int, SegmentWriter] = {}
+            keep: dict[int, int] = {}          # shard -> segments left as they are (a prefix)
             with self._rollback(writers):
                 for sid, sh in enumerate(shards):
                     segs = m.segments[sid]
-                    if len(segs) > 1 or any(s.deleted for s in segs):
-                        writers[sid] = SegmentWriter(self.root, sid, name)
-                        self._copy_live(sh, segs, writers[sid])
+                    if tail > 0:
+                        if len(segs) <= tail:
+                            continue
+                        # at most tail // 2 segments stay, so the next merge is tail // 2 commits away
+                        keep[sid] = min(self._tail_start([s.count - len(s.deleted) for s in segs]), tail // 2)
+                        if len(segs) - keep[sid] < 2:
+                            continue
+                    elif not (len(segs) > 1 or any(s.deleted for s in segs)):
+                        continue
+                    writers[sid] = SegmentWriter(self.root, sid, name)
+                    self._copy_live(sh, segs, writers[sid], keep.get(sid, 0))
                 retired: list[FileRef] = []
                 for sid, w in writers.items():
-                    retired += [f for s in m.segments[sid] for f in (s.l1, s.store, s.ids, s.ivf) if f]
+                    k = keep.get(sid, 0)
+                    retired += [f for s in m.segments[sid][k:] for f in (s.l1, s.store, s.ids, s.ivf) if f]
                     ivf = coarse_mod.ivf_lists(trained, np.stack(w.l1_rows)) if trained and w.count else None
-                    m.segments[sid] = [w.finish(ivf)] if w.count else []
-                retired_borders = borders_mod.compact_table(self.root, m, name)
+                    m.segments[sid] = m.segments[sid][:k] + ([w.finish(ivf)] if w.count else [])
+                retired_borders = borders_mod.compact_table(self.root, m, name) if tail <= 0 else None
                 if writers or retired_borders is not None:
                     m.retired.append((time.time(), retired + (retired_borders or [])))
                     m.generation += 1
                     write_manifest(self.root, m)
         return len(writers)
 
-    def _copy_live(self, sh: _Shard, segs: list, w: SegmentWriter, batch: int = 256) -> None:
+    def _copy_live(self, sh: _Shard, segs: list, w: SegmentWriter, start: int = 0, batch: int = 256) -> None:
         for k, (seg, reader) in enumerate(zip(segs, sh.readers)):
+            if k < start:
+                continue
             cols = json.loads(read_checked(self.root, seg.ids))
             live = np.setdiff1d(np.arange(seg.count), np.asarray(seg.deleted, dtype=np.int64))
             for s in range(0, len(live), batch):

@@ -134,6 +134,28 @@ def _metadata(raw: str | None) -> Any:
         raise BankError(400, f"metadata is not valid JSON ({e})") from None
 
 
+async def time_limited(coro: Any, timeout: float) -> Any:
+    """`coro`, or a 504 past `timeout` seconds (the per-request limit)."""
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        raise BankError(504, f"the request took longer than {timeout:g} s") from None
+
+
+async def raw_lookup(service: Service, timeout: float, signal_type: str | None, signal: Any, banks: Any,
+                     include_distance: Any) -> dict:
+    """HMA's raw lookup (GET and POST /m/raw_lookup, and the fast path of engine/serve/fastpath.py)."""
+    _signal_type(signal_type)
+    if signal is None or signal == "":
+        raise BankError(400, "missing parameter 'signal'")
+    distance = _bool(include_distance, "include_distance")
+    feats = _signal(signal)
+    res = (await time_limited(service.lookup([feats], _banks(banks), None, None, None), timeout))[0]
+    if distance:
+        return {"matches": [{"bank_content_id": m["id"], "distance": _distance(m)} for m in res]}
+    return {"matches": [m["id"] for m in res]}
+
+
 def create_app(service: Service, metrics: Metrics, request_timeout_s: float = 60.0,
                hash_timeout_s: float = 600.0, title: str = "vmatch serve",
                on_startup: Callable[[], Any] | None = None) -> FastAPI:
@@ -175,10 +197,7 @@ def create_app(service: Service, metrics: Metrics, request_timeout_s: float = 60
         return _err(500, f"internal error ({type(e).__name__})")
 
     async def limited(coro: Any, timeout: float | None = None) -> Any:
-        try:
-            return await asyncio.wait_for(coro, timeout or request_timeout_s)
-        except asyncio.TimeoutError:
-            raise BankError(504, f"the request took longer than {timeout or request_timeout_s:g} s") from None
+        return await time_limited(coro, timeout or request_timeout_s)
 
     async def hash_upload(video: UploadFile | None) -> tuple[TmkFeatures, float]:
         if video is None:
@@ -265,25 +284,16 @@ def create_app(service: Service, metrics: Metrics, request_timeout_s: float = 60
         return {"video": {"enabled": True}}
 
     # ------------------------------------------------------------------ matching (HMA /m)
-    async def raw_lookup(signal_type: str | None, signal: Any, banks: Any, include_distance: Any) -> dict:
-        _signal_type(signal_type)
-        if signal is None or signal == "":
-            raise BankError(400, "missing parameter 'signal'")
-        distance = _bool(include_distance, "include_distance")
-        feats = _signal(signal)
-        res = (await limited(service.lookup([feats], _banks(banks), None, None, None)))[0]
-        if distance:
-            return {"matches": [{"bank_content_id": m["id"], "distance": _distance(m)} for m in res]}
-        return {"matches": [m["id"] for m in res]}
-
     @app.get("/m/raw_lookup", tags=["matching"])
     async def raw_lookup_get(signal_type: Optional[str] = None, signal: Optional[str] = None,
                              banks: Optional[str] = None, include_distance: Optional[str] = None) -> dict:
-        return await raw_lookup(signal_type, signal, banks, include_distance)
+        return await raw_lookup(service, request_timeout_s, signal_type, signal, banks, include_distance)
 
     @app.post("/m/raw_lookup", tags=["matching"])
     async def raw_lookup_post(body: RawLookupBody) -> dict:
-        return await raw_lookup(body.signal_type, body.signal, body.banks, body.include_distance)
+        """Usually answered by engine/serve/fastpath.py (same fields, same answers, less overhead)."""
+        return await raw_lookup(service, request_timeout_s, body.signal_type, body.signal, body.banks,
+                                body.include_distance)
 
     def by_bank(res: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}

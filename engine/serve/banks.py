@@ -2,8 +2,10 @@
 
 Layout of ``--data DIR``::
 
-    DIR/NEXT_ID              highest content id reserved so far (ids are never reused)
+    DIR/NEXT_ID              the next content id no process has reserved (ids are never reused)
+    DIR/NEXT_ID.lock         flock taken to reserve a block of ids (several serving processes)
     DIR/<BANK>/bank.json     name and per-bank thresholds (null: the server's)
+    DIR/<BANK>/COMPACT.lock  flock of the process compacting this bank
     DIR/<BANK>/index/        a vmatch index (docs/index.md); item id = content id as text,
                              source = JSON {note, metadata, avg} (avg: the raw pure average, so
                              the exact signal string can be given back)
@@ -17,10 +19,23 @@ and swaps a fresh `snapshot` in as the bank's read view: lookups in flight finis
 they started with, the next ones see the commit; nothing is rebuilt.  A poller notices commits
 made by other processes (another server, ``vmatch index add``) by the manifest's stat and
 refreshes the same way; a read-only store (a Ray matcher replica) sees all changes that way.
+
+Each group commit is a new index segment, and every commit reads and writes the manifest that
+lists them all, so after a commit that leaves a shard with more than ``compact_segments``
+segments the writer merges the bank's small trailing segments into one
+(`VideoIndex.compact(tail=...)`, a few rows each time); one process at a time
+(``COMPACT.lock``), through the index's writer lock like any commit, so it is safe with readers
+and with ``kill -9``; readers pick the merged segment up like any other commit.
+
+Several serving processes (``vmatch serve --workers N``) each hold a writable store on the same
+DIR: their commits are serialised by the index's writer lock (each commit starts from the latest
+manifest), content ids come from blocks reserved under ``NEXT_ID.lock``, and each process's
+poller picks up the others' commits, bank creations and deletions within ``poll_s``.
 """
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -39,7 +54,7 @@ import numpy as np
 
 from engine.features import TmkFeatures
 from engine.index import IndexSnapshot, Match, VideoIndex, VideoIndexError
-from engine.index.manifest import MANIFEST_NAME, fsync_dir
+from engine.index.manifest import MANIFEST_NAME, fsync_dir, read_manifest
 from engine.signals import encode
 from engine.tmkfile import atomic_write_bytes
 
@@ -49,8 +64,13 @@ BANK_NAME = re.compile(r"^[A-Z0-9_]+$")
 BANK_FILE = "bank.json"
 INDEX_DIR = "index"
 NEXT_ID_FILE = "NEXT_ID"
+NEXT_ID_LOCK = "NEXT_ID.lock"
 #: Content ids reserved per NEXT_ID write (a crash skips at most this many ids).
 ID_BLOCK = 1000
+COMPACT_LOCK = "COMPACT.lock"
+#: How long files replaced by a compaction stay for readers of older manifests (the index's
+#: default is an hour; a server compacts often, and the manifest lists retired files until then).
+RETIRE_S = 60.0
 
 
 class BankError(Exception):
@@ -135,20 +155,25 @@ class BankStore:
 
     def __init__(self, data: str | os.PathLike[str], c1: float = 0.7, c2: float = 0.7, device: str = "cpu",
                  writable: bool = True, poll_s: float = 0.25, shards: int = 1, store: str = "fp32",
-                 max_batch: int = 512) -> None:
+                 max_batch: int = 512, compact_segments: int = 16) -> None:
         self.data = Path(data)
         self.c1, self.c2, self.device = c1, c2, device
         self.writable, self.poll_s, self.shards, self.store = writable, poll_s, shards, store
         self.max_batch = max_batch
+        #: A shard with more segments than this gets its small trailing ones merged (0: never).
+        self.compact_segments = compact_segments
+        self.compactions = 0
         self.banks: dict[str, Bank] = {}
         self.ready = threading.Event()
         self.load_error: str | None = None
-        self._lock = threading.Lock()          # guards self.banks and the id counter
+        self._lock = threading.Lock()          # guards self.banks
+        self._id_lock = threading.Lock()       # guards the id counter (held over NEXT_ID's fsync)
         self._ops: queue.Queue[_Op | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_id = 1
-        self._reserved = 0
+        self._reserved = 0              # ids up to here are this process's (a block under NEXT_ID.lock)
+        self._top_seen = 0              # highest id in the banks at load (a data dir older than NEXT_ID)
         #: Called with the number of items after each commit (metrics).
         self.on_commit: Callable[[str, int], None] | None = None
 
@@ -180,8 +205,8 @@ class BankStore:
         log.info("loaded %d bank(s) from %s", len(self.banks), self.data)
         self.ready.set()
         for target, name in ((self._writer, "vmatch-writer"), (self._poller, "vmatch-poller")):
-            if target is self._writer and not self.writable:
-                continue
+            if name != "vmatch-poller" and not self.writable:
+                continue                      # a read-only store only follows the others' commits
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -201,6 +226,7 @@ class BankStore:
             return []
 
     def _open_bank(self, name: str) -> Bank:
+        """Open a bank (once: a bank another thread opened meanwhile is kept)."""
         root = self.data / name
         try:
             cfg = json.loads((root / BANK_FILE).read_text())
@@ -209,35 +235,48 @@ class BankStore:
             raise BankError(500, f"{root / BANK_FILE}: unreadable bank settings ({e})") from None
         stat = _manifest_stat(root / INDEX_DIR)
         ix = VideoIndex(root / INDEX_DIR, device=self.device)
+        ix.retire_after_s = RETIRE_S
         ix._state()        # map the files and build the level-1 searcher now
         bank = Bank(name, root, config, ix, ix.snapshot(), stat=stat)
         with self._lock:
-            self.banks[name] = bank
-        return bank
+            return self.banks.setdefault(name, bank)
 
     def _init_ids(self) -> None:
-        top = 0
+        if (self.data / NEXT_ID_FILE).exists():
+            self._read_next_id()         # checked now: a damaged file is a load error, not a failed add
+            return
+        top = 0                          # a data dir from before NEXT_ID: start above every id in it
         for b in self.banks.values():
             for i in b.index.ids():
                 if i.isdigit():
                     top = max(top, int(i))
+        self._top_seen = top
+
+    def _read_next_id(self) -> int:
         try:
-            reserved = int((self.data / NEXT_ID_FILE).read_text().strip() or 0)
+            return int((self.data / NEXT_ID_FILE).read_text().strip() or 0)
         except FileNotFoundError:
-            reserved = 0
+            return 0
         except ValueError:
             raise BankError(500, f"{self.data / NEXT_ID_FILE}: not a number") from None
-        self._next_id = max(top + 1, reserved, 1)
-        self._reserved = self._next_id - 1
 
     def _new_ids(self, n: int) -> list[int]:
-        with self._lock:
+        """`n` fresh content ids: from this process's block, else a new block reserved durably under
+        the cross-process lock (a crash skips the rest of a block; an id is never given twice)."""
+        with self._id_lock:
+            if self._next_id + n - 1 > self._reserved:
+                fd = os.open(self.data / NEXT_ID_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    first = max(self._read_next_id(), self._top_seen + 1, 1)
+                    block = max(n, ID_BLOCK)
+                    atomic_write_bytes(self.data / NEXT_ID_FILE, f"{first + block}\n".encode())
+                    fsync_dir(self.data)
+                finally:
+                    os.close(fd)          # releases the lock
+                self._next_id, self._reserved = first, first + block - 1
             first = self._next_id
             self._next_id += n
-            if self._next_id - 1 > self._reserved:
-                self._reserved = self._next_id - 1 + ID_BLOCK
-                atomic_write_bytes(self.data / NEXT_ID_FILE, f"{self._reserved + 1}\n".encode())
-                fsync_dir(self.data)
         return list(range(first, first + n))
 
     # ------------------------------------------------------------------ reading
@@ -250,6 +289,8 @@ class BankStore:
         check_bank_name(name)
         with self._lock:
             b = self.banks.get(name)
+        if b is None and (self.data / name / BANK_FILE).exists():
+            b = self._open_bank(name)      # created by another process since the last poll
         if b is None:
             raise BankError(404, f"no bank named {name!r}")
         return b
@@ -396,11 +437,14 @@ class BankStore:
             n = sum(len(op.payload) for op in group)
 
             def commit() -> list[int]:
+                if not (b.root / BANK_FILE).exists():
+                    raise BankError(404, f"no bank named {name!r} (deleted)")
                 ids = self._new_ids(n)
                 feats = [f for op in group for f, _, _ in op.payload]
                 sources = [source_record(f, note, meta) for op in group for f, note, meta in op.payload]
+                before = _manifest_stat(b.root / INDEX_DIR)
                 b.index.add(feats, ids=[str(i) for i in ids], sources=sources)   # durable on return
-                self._publish(b)
+                self._publish(b, before)
                 return ids
 
             holder = _Op("add", name)
@@ -417,12 +461,20 @@ class BankStore:
                 at += len(op.payload)
             if self.on_commit:
                 self.on_commit(name, n)
+            self._maybe_compact(b)          # after the acknowledgements: the next writes wait for it
 
-    def _publish(self, b: Bank) -> None:
-        """Swap in a read view of what the bank's index object has now."""
+    def _publish(self, b: Bank, stat: tuple[int, int, int] | None = None) -> None:
+        """Swap in a read view of what the bank's index object holds, after refreshing it (None)
+        or as a write of this process left it (`stat`: the manifest's stat from before that write).
+
+        The stat recorded is always from before the state loaded, so a commit by another process
+        that the view may have missed changes the stat, and the poller refreshes again."""
+        if stat is None:
+            stat = _manifest_stat(b.root / INDEX_DIR)
+            b.index.refresh()
         b.view = b.index.snapshot()
         b.built_to = time.time()
-        b.stat = _manifest_stat(b.root / INDEX_DIR)
+        b.stat = stat
 
     def _single(self, op: _Op) -> Any:
         if op.kind == "create":
@@ -433,7 +485,13 @@ class BankStore:
             VideoIndex.create(tmp / INDEX_DIR, shards=self.shards, coarse="flat", store=self.store, device="cpu")
             atomic_write_bytes(tmp / BANK_FILE, json.dumps(op.payload.to_json(op.bank)).encode())
             fsync_dir(tmp)
-            os.rename(tmp, self.data / op.bank)        # the bank appears whole or not at all
+            try:
+                os.rename(tmp, self.data / op.bank)    # the bank appears whole or not at all
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if (self.data / op.bank).exists():     # another process created it just now
+                    raise BankError(403, f"bank {op.bank!r} already exists") from None
+                raise
             fsync_dir(self.data)
             return self.bank_json(self._open_bank(op.bank))
         if op.kind == "refresh":
@@ -456,11 +514,12 @@ class BankStore:
             return {"message": "Done"}
         if op.kind == "remove":
             key = str(op.payload)
+            before = _manifest_stat(b.root / INDEX_DIR)
             try:
                 b.index.remove([key])
             except VideoIndexError:
                 raise BankError(404, f"no content {op.payload} in bank {b.name!r}") from None
-            self._publish(b)
+            self._publish(b, before)
             return {"message": "Done"}
         raise BankError(500, f"unknown operation {op.kind}")
 
@@ -477,22 +536,19 @@ class BankStore:
         names = set(self._bank_dirs())
         with self._lock:
             known = dict(self.banks)
-        for name in names - set(known):
-            if not self.writable:          # a writable store opens its own banks when it creates them
-                self._open_bank(name)
+        for name in names - set(known):      # created by another process (or just now by this one)
+            self._open_bank(name)
         for name, b in known.items():
-            if name not in names:
-                if not self.writable:
-                    with self._lock:
-                        self.banks.pop(name, None)
+            if name not in names:            # deleted by another process
+                with self._lock:
+                    if self.banks.get(name) is b:
+                        del self.banks[name]
                 continue
             stat = _manifest_stat(b.root / INDEX_DIR)
             if stat != b.stat:
                 if self.writable:            # the writer thread owns the index object
                     self._ops.put(_Op("refresh", name))
                 else:
-                    b.stat = stat
-                    b.index.refresh()
                     self._publish(b)
             try:
                 cfg = json.loads((b.root / BANK_FILE).read_text())
@@ -500,9 +556,46 @@ class BankStore:
             except (OSError, ValueError, BankError):
                 pass
 
+    # ------------------------------------------------------------------ compaction (writer thread)
+    def _maybe_compact(self, b: Bank) -> None:
+        try:
+            self.compact(b)
+        except Exception as e:  # noqa: BLE001 - the bank is as it was; the next commit tries again
+            log.warning("compacting bank %s failed: %s", b.name, e)
+
+    def compact(self, b: Bank) -> int:
+        """Merge the bank's small trailing segments if a shard has more than `compact_segments`
+        (skipped while another process compacts it); returns the shards rewritten.  Runs on the
+        writer thread, which owns ``b.index``."""
+        if self.compact_segments <= 0 or \
+                max((len(s) for s in b.index.manifest.segments), default=0) <= self.compact_segments:
+            return 0
+        try:
+            fd = os.open(b.root / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return 0                          # the bank was deleted
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0                      # another process is at it
+            root = b.root / INDEX_DIR
+            if max((len(s) for s in read_manifest(root).segments), default=0) <= self.compact_segments:
+                return 0                      # done by another process meanwhile
+            t0 = time.perf_counter()
+            before = _manifest_stat(root)
+            n = b.index.compact(tail=self.compact_segments)
+            self._publish(b, before)
+            if n:
+                self.compactions += 1
+                log.info("bank %s: merged the small segments of %d shard(s) in %.2f s", b.name, n,
+                         time.perf_counter() - t0)
+            return n
+        finally:
+            os.close(fd)
+
     def _refresh(self, name: str) -> None:
         with self._lock:
             b = self.banks.get(name)
         if b is not None:
-            b.index.refresh()
             self._publish(b)

@@ -1,9 +1,16 @@
-"""Prometheus metrics of the server: requests and latency by endpoint, banks, queues, hashing rate."""
+"""Prometheus metrics of the server: requests and latency by endpoint, banks, queues, hashing rate.
+
+With several serving processes (``--workers N``) the request counters and latency histograms
+are those of all workers together (prometheus_client's multiprocess mode: each worker writes its
+own memory-mapped file in a folder the supervisor owns, a scrape sums them); the gauges (bank
+sizes, queue depths, hashing rate and totals) are those of the worker that answers the scrape.
+"""
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -37,14 +44,22 @@ class _Gauges:
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._render_registry = self.registry
+        if multiprocess_dir:           # one process of several (a forked worker): shared files
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
+            values.ValueClass = values.MultiProcessValue()
+            self._render_registry = CollectorRegistry()
+            MultiProcessCollector(self._render_registry, multiprocess_dir)
         self.requests = Counter("vmatch_requests", "HTTP requests", ["endpoint", "method", "status"],
                                 registry=self.registry)
         self.latency = Histogram("vmatch_request_seconds", "HTTP request latency", ["endpoint", "method"],
                                  buckets=BUCKETS, registry=self.registry)
         self._gauges = _Gauges()
-        self.registry.register(self._gauges)
+        self._render_registry.register(self._gauges)
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -52,4 +67,4 @@ class Metrics:
 
     def render(self, gauges: dict[str, Any]) -> bytes:
         self._gauges.values = gauges
-        return generate_latest(self.registry)
+        return generate_latest(self._render_registry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import time
 from typing import Any, Awaitable, Callable
 
@@ -101,5 +102,6 @@ class ServeMiddleware:
             client = scope.get("client") or ("", 0)
             access.info(json.dumps({"ts": round(time.time(), 3), "client": client[0], "method": scope.get("method"),
                                     "path": scope.get("path"), "endpoint": endpoint, "status": state["status"],
-                                    "ms": round(dt * 1000, 2), "bytes_in": state["in"], "bytes_out": state["out"]},
+                                    "ms": round(dt * 1000, 2), "bytes_in": state["in"], "bytes_out": state["out"],
+                                    "pid": os.getpid()},
                                    separators=(",", ":")))

@@ -62,11 +62,12 @@ async def _call(ref: Any) -> Any:
 class Curator:
     """The writer replica."""
 
-    def __init__(self, data: str, settings: dict[str, Any]) -> None:
+    def __init__(self, data: str, settings: Any) -> None:
         from engine.serve.server import set_torch_threads
-        set_torch_threads(settings.get("torch_threads"))
-        self.store = BankStore(data, c1=settings["c1"], c2=settings["c2"], device="cpu", poll_s=settings["poll_s"],
-                               shards=settings["bank_shards"], store=settings["bank_store"])
+        set_torch_threads(settings.torch_threads)
+        self.store = BankStore(data, c1=settings.c1, c2=settings.c2, device="cpu", poll_s=settings.poll_s,
+                               shards=settings.bank_shards, store=settings.bank_store,
+                               compact_segments=settings.compact_segments)
         self.store.start()
         self.store.ready.wait(600)
 
@@ -92,14 +93,14 @@ class Curator:
 class Matcher:
     """A read replica: polls the data folder, answers batched lookups."""
 
-    def __init__(self, data: str, settings: dict[str, Any]) -> None:
+    def __init__(self, data: str, settings: Any) -> None:
         from engine.serve.server import set_torch_threads
-        set_torch_threads(settings.get("torch_threads"))
+        set_torch_threads(settings.torch_threads)
         deadline = time.monotonic() + 120
         while not Path(data).is_dir() and time.monotonic() < deadline:   # the curator creates it
             time.sleep(0.2)
-        self.store = BankStore(data, c1=settings["c1"], c2=settings["c2"], device=settings["device"],
-                               writable=False, poll_s=settings["poll_s"])
+        self.store = BankStore(data, c1=settings.c1, c2=settings.c2, device=settings.device,
+                               writable=False, poll_s=settings.poll_s)
         self.store.start()
         self.store.ready.wait(600)
 
@@ -127,9 +128,9 @@ class Matcher:
 
 
 class Hasher:
-    def __init__(self, make_hasher: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, make_hasher: Any, settings: Any) -> None:
         from engine.serve.hashing import HashPool
-        self.pool = HashPool(make_hasher, workers=1, queue=max(0, int(settings["hash_queue"])))
+        self.pool = HashPool(make_hasher, workers=1, queue=max(0, int(settings.hash_queue)))
 
     async def hash(self, data: bytes, suffix: str, name: str) -> HashResult:
         fd, tmp = tempfile.mkstemp(prefix="vmatch-upload-", suffix=suffix)
@@ -237,7 +238,7 @@ def build_app(opts: Any) -> Any:
     from engine.serve.metrics import Metrics
     from engine.serve.middleware import ServeMiddleware
 
-    s, r = opts.settings, opts.settings["ray"]
+    s, r = opts.settings, opts.settings.ray
     data = str(Path(opts.data).resolve())
     metrics = Metrics()
 
@@ -249,10 +250,10 @@ def build_app(opts: Any) -> Any:
             return getattr(type(self).target, name)
 
     proxy = _Proxy()
-    app = create_app(proxy, metrics, s["request_timeout_s"], s["hash_timeout_s"], title="vmatch serve (Ray)")
+    app = create_app(proxy, metrics, s.request_timeout_s, s.hash_timeout_s, title="vmatch serve (Ray)")
     app.add_middleware(ServeMiddleware, metrics=metrics, token=opts.token,
-                       max_body=int(s["max_body_mb"] * (1 << 20)))
-    capacity = int(r["hashers"]) * (1 + int(s["hash_queue"]))
+                       max_body=int(s.max_body_mb * (1 << 20)))
+    capacity = int(r.hashers) * (1 + int(s.hash_queue))
 
     @serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0})
     @serve.ingress(app)
@@ -261,16 +262,16 @@ def build_app(opts: Any) -> Any:
             _Proxy.target = RayService(curator, matcher, hasher, capacity)
 
     batched = type("BatchedMatcher", (Matcher,), {
-        "lookup": serve.batch(max_batch_size=int(r["batch_max"]),
-                              batch_wait_timeout_s=float(r["batch_wait_s"]))(Matcher.lookup)})
+        "lookup": serve.batch(max_batch_size=int(r.batch_max),
+                              batch_wait_timeout_s=float(r.batch_wait_s))(Matcher.lookup)})
     curator = serve.deployment(Curator, name="curator", num_replicas=1,
                                ray_actor_options={"num_cpus": 0}).bind(data, s)
-    matcher = serve.deployment(batched, name="matcher", num_replicas=int(r["matchers"]),
-                               ray_actor_options={"num_cpus": 0.5, "num_gpus": float(r["matcher_gpus"])}
+    matcher = serve.deployment(batched, name="matcher", num_replicas=int(r.matchers),
+                               ray_actor_options={"num_cpus": 0.5, "num_gpus": float(r.matcher_gpus)}
                                ).bind(data, s)
-    hasher = serve.deployment(Hasher, name="hasher", num_replicas=int(r["hashers"]),
-                              max_ongoing_requests=1 + int(s["hash_queue"]),
-                              ray_actor_options={"num_cpus": 0.5, "num_gpus": float(r["hasher_gpus"])}
+    hasher = serve.deployment(Hasher, name="hasher", num_replicas=int(r.hashers),
+                              max_ongoing_requests=1 + int(s.hash_queue),
+                              ray_actor_options={"num_cpus": 0.5, "num_gpus": float(r.hasher_gpus)}
                               ).bind(opts.make_hasher, s)
     return Ingress.bind(curator, matcher, hasher)
 
@@ -284,15 +285,15 @@ def run_ray(opts: Any, cfg: Any) -> int:
 
     s = opts.settings
     Path(opts.data).mkdir(parents=True, exist_ok=True)
-    session = connect(s["ray"]["address"])
-    r = s["ray"]
-    for key, count in (("hasher_gpus", r["hashers"]), ("matcher_gpus", r["matchers"])):
-        if r[key] == "auto":     # hashers: a GPU each where the cluster has them; matchers: a share of the rest
-            spare = session.gpus if key == "hasher_gpus" else max(0.0, session.gpus - r["hashers"])
-            r[key] = min(1.0, spare / max(1, int(count))) if spare > 0 else 0.0
+    session = connect(s.ray.address)
+    r = s.ray
+    for key, count in (("hasher_gpus", r.hashers), ("matcher_gpus", r.matchers)):
+        if getattr(r, key) == "auto":     # hashers: a GPU each where the cluster has them; matchers: a share of the rest
+            spare = session.gpus if key == "hasher_gpus" else max(0.0, session.gpus - r.hashers)
+            setattr(r, key, min(1.0, spare / max(1, int(count))) if spare > 0 else 0.0)
     log.info("Ray: %g CPUs, %g GPUs; %s hasher(s) x %g GPU, %s matcher(s) x %g GPU", session.cpus, session.gpus,
-             r["hashers"], r["hasher_gpus"], r["matchers"], r["matcher_gpus"])
-    host, port = str(s["host"]), int(s["port"])
+             r.hashers, r.hasher_gpus, r.matchers, r.matcher_gpus)
+    host, port = str(s.host), int(s.port)
     if port == 0:
         from engine.serve.server import bind
         sock = bind(host, 0)

@@ -92,7 +92,10 @@ class LocalService:
 
     def __init__(self, store: BankStore, hashing: HashPool, lookup_threads: int = 2) -> None:
         self.store, self.hashing = store, hashing
-        self._batcher = _Batcher(store, lookup_threads)
+        #: 0: lookups run on the event loop's thread, one after another in arrival order (no GIL
+        #: handoffs between threads; the choice for one serving process per core)
+        self.inline = lookup_threads == 0
+        self._batcher = _Batcher(store, max(1, lookup_threads))
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vmatch-io")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -132,6 +135,9 @@ class LocalService:
         for b in banks or []:
             self.store.bank(b)       # unknown bank: 404 now, not inside a batch
         self.store.check_ready()
+        if self.inline:
+            res = self.store.lookup(needles, banks, c1, c2, top)
+            return [[match_json(b, m) for b, m in ms] for ms in res]
         key = (tuple(banks) if banks else (), c1, c2, top)
         return await asyncio.wrap_future(self._batcher.submit(needles, key))
 

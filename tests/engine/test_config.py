@@ -111,3 +111,55 @@ def test_one_way_to_build_a_hasher_and_a_scorer():
 def test_cluster_yaml_loads():
     cfg = load_config(REPO / "configs" / "cluster.yaml")
     assert cfg.index.shards == 16 and cfg.ray.address == "auto"
+
+
+def test_serve_yaml_holds_exactly_the_serve_defaults():
+    from engine.config import ServeConfig, load_serve_config
+
+    data = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    assert data == dataclasses.asdict(ServeConfig())           # every key, same values, ray: included
+    assert load_serve_config() == ServeConfig()
+    assert load_serve_config(REPO / "configs" / "serve.yaml") == ServeConfig()
+
+
+@pytest.mark.parametrize("text,where,why", [
+    ("workers: 0\n", "", "workers must be at least 1"),
+    ("wokers: 2\n", "", "unknown key wokers"),
+    ("port: fifty\n", "", "port: expected int"),
+    ("c1: 1.5\n", "", "c1 must be between -1 and 1"),
+    ("device: tpu\n", "", "device must be one of auto, cpu, cuda"),
+    ("ray:\n  matchers: two\n", "ray", "matchers: expected int"),
+    ("ray:\n  hasher_gpus: lots\n", "ray", "hasher_gpus must be a number or auto"),
+    ("ray:\n  replicas: 2\n", "ray", "unknown key replicas"),
+    ("- a\n", "", "top level must be a mapping"),
+    ("port: [1\n", "", "not valid YAML"),
+])
+def test_bad_serve_configs_name_the_key(tmp_path, text, where, why):
+    from engine.config import load_serve_config
+
+    p = tmp_path / "serve.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_serve_config(p)
+    assert str(e.value).startswith(f"{p}: {where + ': ' if where else ''}") and why in str(e.value), str(e.value)
+
+
+def test_serve_config_overrides_and_the_cli(tmp_path, capsys):
+    from engine.cli import main
+    from engine.config import ServeConfig, load_serve_config
+
+    p = tmp_path / "serve.yaml"
+    p.write_text("workers: 3\nmax_body_mb: 8\nray:\n  hasher_gpus: 0.5\n")
+    s = load_serve_config(p)
+    assert (s.workers, s.max_body_mb, s.ray.hasher_gpus, s.ray.matchers) == (3, 8.0, 0.5, 2)
+    assert s.port == ServeConfig().port and isinstance(s.max_body_mb, float)
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="no such file"):
+        load_serve_config(missing)
+    capsys.readouterr()
+    assert main(["serve", "--data", str(tmp_path / "d"), "--serve-config", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(missing) in err and "no such file" in err and len(err.splitlines()) == 1, err
+    assert main(["serve", "--data", str(tmp_path / "d"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--workers must be at least 1" in err and len(err.splitlines()) == 1, err

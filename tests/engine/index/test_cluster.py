@@ -75,3 +75,88 @@ def test_clusters_equal_brute_force_with_exact_and_ivf_candidates(tmp_path, real
         # every pair passing level-1 was found; level-2 was spent only where it could join components
         assert st.candidates == "exact" and st.level2_pairs < st.level1_pairs and st.linked <= st.level2_pairs
         assert ix.clusters(c1, c2, candidates="ivf", nlist=4, nprobe=4) == want   # all lists probed: exact
+
+
+def _labels_of(n, edges):
+    """Components of a graph by label propagation (numpy; independent of the union-find under test)."""
+    lab = np.arange(n)
+    while True:
+        new = lab.copy()
+        np.minimum.at(new, edges[:, 0], lab[edges[:, 1]])
+        np.minimum.at(new, edges[:, 1], lab[edges[:, 0]])
+        new = new[new]
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    groups = {}
+    for i, r in enumerate(lab.tolist()):
+        groups.setdefault(r, []).append(i)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+
+
+def _huge_group_bank(seed=3):
+    """1,200 copies of one video, 2 video groups whose level-1 vectors overlap but whose level-2
+    mostly fails across (so known non-edges pile up), small groups, and unrelated items."""
+    rng = np.random.default_rng(seed)
+    d = 32
+    base = rng.normal(size=(6, d))
+    base[2] = base[1] + 0.35 * rng.normal(size=d)            # level-1 neighbours of group 1
+    sizes = [1200, 150, 150, 40, 9, 3]
+    label = np.concatenate([np.full(s, g) for g, s in enumerate(sizes)] + [np.arange(6, 6 + 600)])
+    centres = np.concatenate([base, rng.normal(size=(600, d))])
+    spread = np.where(label < 6, 0.3, 0.0)[:, None]
+    x = centres[label] + spread * rng.normal(size=(len(label), d)) * np.linalg.norm(centres[label], axis=1,
+                                                                                     keepdims=True) / np.sqrt(d)
+    perm = rng.permutation(len(x))
+    x, label = x[perm], label[perm]
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x[7] = x[8]                                               # an exact duplicate (ties in the search)
+    return x, label
+
+
+def _pair_rule(label):
+    """A stand-in level-2: copies of one video pass 85% of the time, groups 1 and 2 never, other pairs 0.5%."""
+    def level2(a, b):
+        h = (a * 1_000_003 + b * 7_919) % 1000
+        across = np.where(np.minimum(label[a], label[b]) == 1, 0, 5)
+        return np.where(label[a] == label[b], h < 850, h < across)
+    return level2
+
+
+def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds():
+    from engine.index.cluster import cluster_pairs
+
+    x, label = _huge_group_bank()
+    n = len(x)
+    level2 = _pair_rule(label)
+    sims = x @ x.T
+    for c1 in (0.8, 0.92):
+        ia, ib = np.nonzero(np.triu(sims >= c1, 1))
+        e = np.stack([ia, ib], 1)[level2(ia, ib)]
+        want = _labels_of(n, e)
+        assert len(want[0]) > 1000 and len(ia) > 300_000          # one huge group: a quadratic range search
+        for kind, k, pool in [("exact", 16, 64), ("exact", 2, 0), ("exact", 1, 4), ("ivf", 4, 8)]:
+            scored = []
+
+            def l2(a, b):
+                assert np.all(a < b)
+                scored.append(len(a))
+                return level2(a, b)
+
+            uf, st = cluster_pairs(x, lambda a, b: np.einsum("ij,ij->i", x[a], x[b]), l2, c1, kind,
+                                   nlist=8, nprobe=8, query_batch=300, k=k, pool_limit=pool)
+            assert uf.components() == want, (c1, kind, k, pool)
+            assert st.search_rounds >= 2 and st.queries < 6 * n           # saturated items asked again
+            assert st.level1_pairs < len(ia) // 10 and sum(scored) == st.level2_pairs
+
+
+def test_candidate_recall_is_one_when_every_list_is_probed_and_drops_with_one():
+    from engine.index.cluster import candidate_recall
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(40, 16))
+    x = c[rng.integers(40, size=2000)] + 0.25 * rng.normal(size=(2000, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    r = candidate_recall(x, 0.85, nlist=16, nprobes=(1, 16), sample=200)
+    assert r[16]["knn"] == r[16]["range"] == 1.0 and r[16]["knn_pairs"] > 1000
+    assert r[1]["knn"] < 1.0 and r[1]["range"] < 1.0

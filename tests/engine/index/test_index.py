@@ -173,3 +173,28 @@ def test_compact_keeps_answers_and_retires_old_files(tmp_path, synth_feats):
     assert not old & files() and ix.info()["retired_files"] == 0
     for got, want in zip(answers(stale), before):                   # the stale reader reloads
         assert want.keys() <= got.keys()
+
+
+def test_compact_tail_merges_only_the_small_trailing_segments(tmp_path, synth_feats):
+    root = tmp_path / "t"
+    ix = VideoIndex.create(root, shards=1, device="cpu")
+    ix.add(synth_feats[:40])                                          # a bulk load: one large segment
+    for f in synth_feats[40:52]:                                      # then one commit per item
+        ix.add([f])
+    ix.remove([synth_feats[3].name, synth_feats[45].name])
+    needles = synth_feats[:52:4]
+    before = [{m.id: m.level2 for m in ms} for ms in ix.query(needles, 0.6, 0.6)]
+    big = ix.manifest.segments[0][0].name
+    assert ix.compact(tail=20) == 0                                   # 13 segments: under the limit
+    assert ix.compact(tail=8) == 1
+    segs = ix.manifest.segments[0]
+    assert [s.name for s in segs][:1] == [big] and len(segs) == 2     # the large one left as it was
+    assert (segs[1].count, len(segs[1].deleted), len(ix)) == (11, 0, 50)
+    assert segs[0].deleted                                            # its tombstone stays
+    after = [{m.id: m.level2 for m in ms} for ms in ix.query(needles, 0.6, 0.6)]
+    for got, want in zip(after, before):
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 for k in want)
+    ix.verify()
+    reopened = VideoIndex(root, device="cpu")
+    assert sorted(reopened.ids()) == sorted(f.name for f in synth_feats[:52] if f.name not in
+                                            (synth_feats[3].name, synth_feats[45].name))

@@ -35,7 +35,9 @@ class Server:
             args += ["--token-file", str(tf)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.log = open(self.workdir / f"server-{time.time_ns()}.log", "wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        # its own process group: `kill_group` reaches the supervisor and every worker at once
+        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self.log,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -54,6 +56,19 @@ class Server:
     def client(self, token: str | None = "default") -> ServeClient:
         return ServeClient(self.url, self.token if token == "default" else token, timeout=60)
 
+    def workers(self) -> list[int]:
+        """The worker processes of a `--workers N` server (the supervisor's children)."""
+        assert self.proc is not None
+        task = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(x) for x in task.read_text().split()] if task.exists() else []
+
+    def kill_group(self) -> None:
+        """kill -9 of the supervisor and all its workers at the same moment."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
+
     def stderr(self) -> str:
         if not self.log.closed:
             self.log.flush()
@@ -66,9 +81,10 @@ class Server:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return self.proc.returncode
 
 

@@ -80,3 +80,59 @@ def test_commits_by_another_process_are_picked_up(tmp_path):
     assert e.value.status == 405
     s.close()
     reader.close()
+
+
+def test_two_writable_stores_on_one_data_dir(tmp_path):
+    """What `--workers 2` runs: ids unique across the processes, each sees the other's commits,
+    bank creations and deletions."""
+    a = started(tmp_path / "d", poll_s=0.05)
+    b = started(tmp_path / "d", poll_s=0.05)
+    a.create_bank("W").result(60)
+    assert b.bank("W").size == 0                       # created elsewhere: found at once
+    with pytest.raises(BankError) as e:
+        b.create_bank("W").result(60)
+    assert e.value.status == 403
+    sigs = random_signatures(24, seed=5)
+    futs = [(st.add("W", [(f, None, None)]), f) for k, f in enumerate(sigs) for st in [(a, b)[k % 2]]]
+    ids = [fut.result(60)[0] for fut, _ in futs]
+    assert len(set(ids)) == len(ids) == 24             # unique across the two stores
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (a.bank("W").size == b.bank("W").size == 24):
+        time.sleep(0.02)
+    for st in (a, b):                                  # every add visible in both read views
+        assert st.bank("W").size == 24
+        for (_, f), cid in zip(futs, ids):
+            assert [m.id for _, m in st.lookup([f], ["W"])[0]] == [str(cid)]
+    a.close()
+    c = started(tmp_path / "d")                        # a restart continues above every id given
+    assert c.add("W", [(sigs[0], None, None)]).result(60)[0] > max(ids)
+    c.delete_bank("W").result(60)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "W" in b.banks:
+        time.sleep(0.02)
+    with pytest.raises(BankError) as e:
+        b.bank("W")
+    assert e.value.status == 404                       # deleted elsewhere: gone here too
+    b.close()
+    c.close()
+
+
+def test_background_compaction_merges_the_small_segments(tmp_path):
+    s = started(tmp_path / "d", compact_segments=4, poll_s=0.05)
+    s.create_bank("C").result(60)
+    sigs = random_signatures(12, seed=61)
+    ids = [s.add("C", [(f, None, None)]).result(60)[0] for f in sigs]      # one commit each
+    root = tmp_path / "d" / "C" / "index"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(VideoIndex(root, device="cpu").manifest.segments[0]) > 4:
+        time.sleep(0.05)
+    assert len(VideoIndex(root, device="cpu").manifest.segments[0]) <= 4 and s.compactions >= 1
+    deadline = time.monotonic() + 5                   # the store's read view follows the merge
+    while time.monotonic() < deadline and len(s.bank("C").view.manifest.segments[0]) > 4:
+        time.sleep(0.05)
+    assert len(s.bank("C").view.manifest.segments[0]) <= 4
+    for f, cid in zip(sigs, ids):
+        assert [m.id for _, m in s.lookup([f], ["C"])[0]] == [str(cid)]
+    assert s.add("C", [(sigs[0], None, None)]).result(60)[0] > max(ids)
+    VideoIndex(root, device="cpu").verify()
+    s.close()
