@@ -7,7 +7,6 @@ Two evaluation orders:
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 # The DCT matrix is the numpy kernels' (kernels/pdqf_np.py): one definition.

@@ -201,7 +201,6 @@ class _PyAVSource:
         container, stream = self._open()
         try:
             self._time_base = stream.time_base
-            tb = float(stream.time_base)
             self.fps_in = float(stream.guessed_rate or stream.average_rate or 0)  # ffmpeg's graph rate
             timing = choose.exact_timing(container)  # edit-list-dropped packets make no frame
         finally:

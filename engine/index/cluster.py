@@ -267,7 +267,6 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
 
     def ask(q: np.ndarray, extra: np.ndarray, bits: np.ndarray | None, report: bool) -> None:
         """Search items q for want + extra neighbours; hold what passes c1 - slack, finish the done."""
-        nonlocal held
         need = want[q] + extra
         bucket = np.ceil(np.log2(need)).astype(np.int64)
         order = np.lexsort((q, bucket))
