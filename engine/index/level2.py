@@ -15,6 +15,8 @@ answers are unchanged.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -138,13 +140,7 @@ class PairScorer:
         k0 = torch.empty((k, p.num_periods))
         a = torch.empty((k, p.num_periods, p.num_coeffs - 1))
         b = torch.empty_like(a)
-        uniq = np.unique(pair_needle)
-        order = np.argsort(pair_needle, kind="stable")
-        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
-        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
-            pos = order[s:e]
-            slots = pair_slot[pos]
-            every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
+        for u, pos, slots, every in _by_needle(pair_needle, pair_slot, len(q)):
             qq = q if every else q[slots]
             ss = None if scales is None else (scales if every else scales[slots])
             pt = torch.from_numpy(pos)
@@ -166,13 +162,7 @@ class PairScorer:
         k = len(pair_needle)
         l2 = np.full(k, np.nan, dtype=np.float32)
         offs = np.full((k, p), -1, dtype=np.int64)
-        uniq = np.unique(pair_needle)
-        order = np.argsort(pair_needle, kind="stable")
-        bounds = np.append(np.searchsorted(pair_needle[order], uniq), k)
-        for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
-            pos = order[s:e]
-            slots = pair_slot[pos]
-            every = len(slots) == len(q) and np.array_equal(slots, np.arange(len(slots)))
+        for u, pos, slots, every in _by_needle(pair_needle, pair_slot, len(q)):
             w = _block_weights(n_cos[u], n_sin[u])
             nn = needle_norms(n_cos[u], n_sin[u])
             alive = None if every else slots                  # candidates still possible
@@ -228,3 +218,16 @@ class PairScorer:
             l2[idx] = sc.cpu().numpy()
             offs[idx] = off.cpu().numpy()
         return l2, offs
+
+
+def _by_needle(pair_needle: np.ndarray, pair_slot: np.ndarray, rows: int
+               ) -> Iterator[tuple[int, np.ndarray, np.ndarray, bool]]:
+    """Group pairs by needle: (needle, positions in the pair arrays, their row slots, whether
+    the slots are exactly rows 0..rows-1 in order, so the whole batch is used as it is)."""
+    uniq = np.unique(pair_needle)
+    order = np.argsort(pair_needle, kind="stable")
+    bounds = np.append(np.searchsorted(pair_needle[order], uniq), len(pair_needle))
+    for u, s, e in zip(uniq, bounds[:-1], bounds[1:]):
+        pos = order[s:e]
+        slots = pair_slot[pos]
+        yield int(u), pos, slots, len(slots) == rows and np.array_equal(slots, np.arange(len(slots)))
