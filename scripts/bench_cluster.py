@@ -44,56 +44,90 @@ def group_sizes(n_dup: int, largest: float, n: int) -> list[int]:
     return [s for s in sizes if s >= 2]
 
 
+def _copies(avg: np.ndarray, rows: np.ndarray, k: int, strength: float, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """k perturbed copies, as engine.synthetic.perturb_rows (pure average to normalise(u + s g),
+    every non-zero d-block v to |v| normalise(v/|v| + s g)) but in numpy from random bytes: the
+    noise is uniform on 256 levels scaled to the same variance as perturb_rows' Gaussian (in
+    256-dim blocks the dot products that level-1 and level-2 see are sums of 256 such terms, so
+    the two are indistinguishable to them) and costs a tenth of a Gaussian here, which matters
+    for a bank of a million 64 K-float signatures."""
+    d = avg.shape[-1]
+    std = 73.9 * d ** 0.5              # a uniform byte's standard deviation, times sqrt(d)
+
+    def noise(shape: tuple[int, ...]) -> np.ndarray:
+        g = np.frombuffer(rng.bytes(int(np.prod(shape))), np.int8).reshape(shape).astype(np.float32)
+        return g * np.float32(strength / std)
+
+    def unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = np.linalg.norm(x, axis=-1, keepdims=True)
+        return x / np.where(n > 0, n, 1), n
+
+    u, na = unit(avg.astype(np.float32))
+    a = unit(u + noise((k, d)))[0] * na
+    v, nv = unit(rows.astype(np.float32))
+    r = unit(v[None] + noise((k, *rows.shape)))[0] * nv[None]
+    return a.astype(np.float32), r.astype(np.float32)
+
+
 def build(root: Path, n: int, store: str, dup_fraction: float, seed: int) -> VideoIndex:
+    """The bank: duplicate groups (near copies, strength 0.3, of each group's own video, itself a
+    far perturbation of a reference hash) and unrelated items (far perturbations), generated in
+    two threads (numpy releases the GIL) while the index adds the previous batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
     tag = root / "BANK"
-    want = f"{n} {store} {dup_fraction} {seed}"
+    want = f"{n} {store} {dup_fraction} {seed} bytes-noise"
     if tag.exists() and tag.read_text() == want:
         return VideoIndex(root, device="cpu")
     if root.exists():
         raise SystemExit(f"{root} holds another bank; remove it first")
     bases = load_bases()
-    gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     sizes = group_sizes(int(n * dup_fraction), 0.05, n)
     log(f"bank: {n} items, {len(sizes)} duplicate groups (largest {sizes[0]}), {n - sum(sizes)} unrelated")
     ix = VideoIndex.create(root, shards=4, store=store, device="cpu")
-    t0 = time.perf_counter()
-    pending: list[TmkFeatures] = []
-    count = 0
-
-    def flush() -> None:
-        nonlocal count
-        ix.add(pending)
-        count += len(pending)
-        pending.clear()
-        log(f"  {count}/{n} added ({count / (time.perf_counter() - t0):.0f}/s)")
-
-    def emit(avg: torch.Tensor, rows: torch.Tensor, base: TmkFeatures, label: str) -> None:
-        for k in range(len(avg)):
-            pending.append(TmkFeatures(avg[k].numpy(), rows[k, 0].numpy(), rows[k, 1].numpy(), base.frame_count,
-                                       base.params, f"{label}-{len(pending) + count:07d}"))
-            if len(pending) >= 2048:
-                flush()
-
-    def far(b: TmkFeatures, k: int):
-        return perturb_rows(torch.from_numpy(b.avg), torch.from_numpy(np.stack([b.cos, b.sin])),
-                            torch.full((k,), 3.0), gen)
-
+    # the work list: (base, group's own video seed or None for unrelated, count, label, first number)
+    jobs, count = [], 0
     for g, size in enumerate(sizes):
-        b = bases[int(rng.integers(len(bases)))]
-        ga, gr = far(b, 1)                   # the group's own video, unrelated to the others
-        for s in range(0, size, 512):
-            k = min(512, size - s)
-            avg, rows = perturb_rows(ga[0], gr[0], torch.full((k,), 0.3), gen)
-            emit(avg, rows, b, f"g{g:05d}")
+        bi = int(rng.integers(len(bases)))
+        for s in range(0, size, 256):
+            jobs.append((bi, int(rng.integers(1 << 62)), g, min(256, size - s), f"g{g:05d}", count))
+            count += min(256, size - s)
     rest = n - sum(sizes)
-    for s in range(0, rest, 512):
-        k = min(512, rest - s)
-        b = bases[(s // 512) % len(bases)]
-        avg, rows = far(b, k)
-        emit(avg, rows, b, "u")
+    for s in range(0, rest, 256):
+        jobs.append(((s // 256) % len(bases), None, -1, min(256, rest - s), "u", count))
+        count += min(256, rest - s)
+    own_seed = {g: int(rng.integers(1 << 62)) for g in range(len(sizes))}
+
+    def make(job) -> list[TmkFeatures]:
+        bi, job_seed, g, k, label, first = job
+        b = bases[bi]
+        brows = np.stack([b.cos, b.sin])
+        if g < 0:
+            avg, rows = _copies(b.avg, brows, k, 3.0, np.random.default_rng([seed, first]))
+        else:
+            oa, orows = _copies(b.avg, brows, 1, 3.0, np.random.default_rng([seed, own_seed[g]]))
+            avg, rows = _copies(oa[0], orows[0], k, 0.3, np.random.default_rng([seed, job_seed]))
+        return [TmkFeatures(avg[i], rows[i, 0], rows[i, 1], b.frame_count, b.params, f"{label}-{first + i:07d}")
+                for i in range(k)]
+
+    t0, added, pending, ahead = time.perf_counter(), 0, [], []
+    with ThreadPoolExecutor(2) as ex:
+        for job in jobs:                 # at most 6 jobs (1,536 items) generated ahead: memory bounded
+            ahead.append(ex.submit(make, job))
+            if len(ahead) < 6:
+                continue
+            pending += ahead.pop(0).result()
+            if len(pending) >= 4096:
+                ix.add(pending)
+                added += len(pending)
+                pending = []
+                log(f"  {added}/{n} added ({added / (time.perf_counter() - t0):.0f}/s)")
+        for f in ahead:
+            pending += f.result()
     if pending:
-        flush()
+        ix.add(pending)
     tag.write_text(want)
     return VideoIndex(root, device="cpu")
 

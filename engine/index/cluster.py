@@ -103,47 +103,15 @@ Level2Fn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int = 32, seed: int = 1234):
-    """A faiss index over the unit level-1 vectors: flat (exact) or IVF-Flat (approximate)."""
-    import faiss
-
+    """The neighbour searcher over the unit level-1 vectors: one list (exact) or k-means lists
+    (approximate, `nprobe` probed), engine/index/neighbours.py."""
     from engine.index.coarse import ivf_nlist
+    from engine.index.neighbours import ListScan
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    d = x.shape[1]
     if kind == "exact":
-        index = faiss.IndexFlatIP(d)
-    else:
-        nl = ivf_nlist(len(x), nlist)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nl, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        rng = np.random.default_rng(seed)
-        sample = x if len(x) <= 64 * nl else x[np.sort(rng.choice(len(x), 64 * nl, replace=False))]
-        index.train(sample)
-        index.nprobe = min(nprobe, nl)
-    if len(x):
-        index.add(x)
-    return index
-
-
-class _Neighbours:
-    """k-nearest-neighbour searches of the candidate index, optionally restricted to a bitmap of ids."""
-
-    def __init__(self, index, x: np.ndarray) -> None:
-        import faiss
-
-        self.faiss, self.index, self.x = faiss, index, x
-        self.ivf = hasattr(index, "nprobe")
-
-    def search(self, q: np.ndarray, k: int, bits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and ids [len(q), k] of the k best items (among those whose bit is set); -1 pads."""
-        k = max(1, min(k, self.index.ntotal))
-        xq = self.x[q]
-        if bits is None:
-            return self.index.search(xq, k)
-        f = self.faiss
-        sel = f.IDSelectorBitmap(len(self.x), f.swig_ptr(bits))
-        params = f.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe) if self.ivf else f.SearchParameters(sel=sel)
-        return self.index.search(xq, k, params=params)
+        return ListScan(x, 1, 1, seed)
+    return ListScan(x, ivf_nlist(len(x), nlist), nprobe, seed)
 
 
 def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tuple[int, ...] = (128,), k: int = 16,
@@ -158,34 +126,26 @@ def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tu
     q = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
 
     def pairs(ix) -> tuple[set, set]:
-        d, i = ix.search(x[q], k + 1)
+        d, i = ix.search(q, k + 1)
         knn = {(int(a), int(b)) for a, row, sc in zip(q, i, d) for b, s in zip(row, sc) if b != a and b >= 0 and s >= c1}
-        lims, _, rows = ix.range_search(x[q], c1)
-        qi = np.repeat(q, np.diff(lims.astype(np.int64)))
+        qi, rows = ix.range_search(q, c1)
         return knn, {(int(a), int(b)) for a, b in zip(qi, rows) if a != b}
 
     ek, er = pairs(candidate_search(x, "exact"))
     ivf = candidate_search(x, "ivf", nlist, max(nprobes))
     out = {}
     for p in nprobes:
-        ivf.nprobe = min(p, ivf.nlist)
+        ivf.nprobe = max(1, min(p, ivf.nlist))
         ik, ir = pairs(ivf)
         out[p] = {"queries": len(q), "knn_pairs": len(ek), "knn": round(len(ek & ik) / max(len(ek), 1), 5),
                   "range_pairs": len(er), "range": round(len(er & ir) / max(len(er), 1), 5)}
     return out
 
 
-def _clear_bits(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """A copy of a little-endian bitmap with the bits of `ids` cleared."""
-    out = bits.copy()
-    np.bitwise_and.at(out, ids >> 3, ~(np.uint8(1) << (ids & 7).astype(np.uint8)))
-    return out
-
-
 def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: float,
-                  kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 1024,
+                  kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 1 << 16,
                   slack: float = 1e-4, hold_pairs: int = 1 << 21, progress: Callable[[int], None] | None = None,
-                  k: int = 16, pool_limit: int = 64) -> tuple[UnionFind, ClusterStats]:
+                  k: int = 16, heap_entries: int = 1 << 24) -> tuple[UnionFind, ClusterStats]:
     """Connected components of the graph of pairs passing level-1 >= c1 and level-2 >= c2.
 
     Candidates come from k-nearest-neighbour searches, not range searches: a range search
@@ -196,10 +156,9 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     neighbour scores below c1 - slack has all its level-1 candidates in hand ("done"); the
     others are "saturated" and may hide more.  After linking (level-2 only on pairs joining two
     components, see `_link`), an edge still unseen has both ends saturated and matters only if
-    it leaves a component, so each later round asks every saturated item again, restricted by
-    a faiss IDSelector to saturated items outside its own component (one call per component
-    with more than `pool_limit` such items; smaller components are pooled without excluding
-    themselves, asking for that many more neighbours).  Known non-edges (failed level-1 or
+    it leaves a component, so each later round asks every saturated item again, among the
+    saturated items outside its own component (per-query exclusions in the list scan,
+    engine/index/neighbours.py).  Known non-edges (failed level-1 or
     level-2) are asked for on top, so every round either finishes an item or settles at least
     its `k` new pairs (k doubles for an item each round it stays saturated); rounds repeat
     until no item is saturated.  Why this is exact on a flat index: for an unseen edge (i, j)
@@ -210,9 +169,11 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     Cost: about two searches per item in a group of copies (one to link it, one to show
     nothing leaves its component) and at most k pairs per search: searches, pairs and level-2
     grow linearly with the items whatever the group sizes (1.2-1.4 searches per item measured,
-    docs/benchmarks.md); each IVF search itself scans ~nprobe * N / nlist vectors.  ``level1(i, j)`` gives exact level-1 scores (used for pairs within
-    `slack` of c1; faiss's inner products decide the rest), ``level2(i, j)`` which pairs
-    i < j pass level-2 (>= c2).  Components do not depend on the order pairs are met.
+    docs/benchmarks.md); each IVF search scans ~nprobe * N / nlist vectors, all the queries of
+    a batch that probe a list in one matrix product.  ``level1(i, j)`` gives exact level-1
+    scores (used for pairs within `slack` of c1; the scan's inner products decide the rest),
+    ``level2(i, j)`` which pairs i < j pass level-2 (>= c2).  Components do not depend on the
+    order pairs are met.
     """
     import time
 
@@ -222,7 +183,7 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
         return uf, st
     t0 = time.perf_counter()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    nb = _Neighbours(candidate_search(x, kind, nlist, nprobe), x)
+    nb = candidate_search(x, kind, nlist, nprobe)
     st.index_s = time.perf_counter() - t0
     st.level1_s += st.index_s
     lo = c1 - slack
@@ -265,20 +226,22 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
             np.add.at(known_deg, np.concatenate([a[~ok], fa]), 1)
             np.add.at(known_deg, np.concatenate([b[~ok], fb]), 1)
 
-    def ask(q: np.ndarray, extra: np.ndarray, bits: np.ndarray | None, report: bool) -> None:
-        """Search items q for want + extra neighbours; hold what passes c1 - slack, finish the done."""
+    def ask(q: np.ndarray, extra: np.ndarray, allowed: np.ndarray | None, roots: np.ndarray | None,
+            report: bool) -> None:
+        """Search items q for want + extra neighbours (among `allowed` items outside their own
+        component by `roots`); hold what passes c1 - slack, finish the done."""
         need = want[q] + extra
         bucket = np.ceil(np.log2(need)).astype(np.int64)
         order = np.lexsort((q, bucket))
         q, need, bucket = q[order], need[order], bucket[order]
-        for s in range(0, len(q), query_batch):
-            t0 = time.perf_counter()
-            part = slice(s, s + query_batch)
-            for bk in np.unique(bucket[part]):
-                sel = bucket[part] == bk
-                qq = q[part][sel]
-                kk = int(need[part][sel].max())
-                dist, ids = nb.search(qq, kk, bits)
+        for bk in np.unique(bucket):
+            on = np.nonzero(bucket == bk)[0]
+            kk = int(need[on].max())
+            step = max(1, min(query_batch, heap_entries // kk))
+            for s in range(0, len(on), step):
+                t0 = time.perf_counter()
+                qq = q[on[s:s + step]]
+                dist, ids = nb.search(qq, kk, lo, allowed, roots)
                 st.queries += len(qq)
                 done = (ids[:, -1] < 0) | (dist[:, -1] < lo) | (ids.shape[1] < kk)
                 active[qq[done]] = False
@@ -288,35 +251,21 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
                 qi = np.broadcast_to(qq[:, None], ids.shape)[m]
                 nj = ids[m].astype(np.int64)
                 held.append((np.minimum(qi, nj), np.maximum(qi, nj), dist[m]))
-            st.level1_s += time.perf_counter() - t0
-            if sum(len(h[0]) for h in held) >= hold_pairs:
-                settle()
-            if report and progress:
-                progress(len(q[part]))
+                st.level1_s += time.perf_counter() - t0
+                if sum(len(h[0]) for h in held) >= hold_pairs:
+                    settle()
+                if report and progress:
+                    progress(len(qq))
 
     # round 1: every item, no exclusion (its own component is itself)
     st.search_rounds = 1
-    ask(np.arange(n), np.ones(n, np.int64), None, True)
+    ask(np.arange(n), np.ones(n, np.int64), None, None, True)
     settle()
     while active.any():
         before = (int(active.sum()), len(known), st.linked)
         st.search_rounds += 1
         q = np.nonzero(active)[0]
-        roots = uf.roots(q)
-        _, inv, cnt = np.unique(roots, return_inverse=True, return_counts=True)
-        m = cnt[inv.reshape(-1)]
-        bits = np.packbits(active, bitorder="little")
-        pooled = m <= pool_limit
-        if pooled.any():
-            ask(q[pooled], m[pooled] + known_deg[q[pooled]], bits, False)
-        big = q[~pooled]
-        if len(big):
-            broots = roots[~pooled]
-            order = np.argsort(broots, kind="stable")
-            big, broots = big[order], broots[order]
-            cuts = np.nonzero(np.diff(broots))[0] + 1
-            for members in np.split(big, cuts):
-                ask(members, known_deg[members], _clear_bits(bits, members), False)
+        ask(q, known_deg[q], active.copy(), uf.roots(np.arange(n)), False)
         settle()
         if (int(active.sum()), len(known), st.linked) == before:     # cannot happen (see above): never loop
             raise RuntimeError(f"cluster candidate search made no progress in round {st.search_rounds}")

@@ -589,10 +589,14 @@ class IndexSnapshot:
 
     def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
                     chunk: int) -> np.ndarray:
-        """Whether level-2 (needle a[k], candidate b[k]) >= c2, `chunk` pairs at a time."""
+        """Whether level-2 (needle a[k], candidate b[k]) >= c2, `chunk` pairs at a time.
+
+        Pairs are scored in storage order of their needles (then candidates), so a store larger
+        than memory is read in one forward sweep per call rather than at random."""
         ok = np.zeros(len(a), bool)
+        order = np.lexsort((row_of[b], shard_of[b], row_of[a], shard_of[a]))
         for s in range(0, len(a), chunk):
-            sl = slice(s, s + chunk)
+            sl = order[s:s + chunk]
             sc, _ = self._scorer.score_pairs(self._fetch_ranks(shard_of, row_of, a[sl], 0),
                                              self._fetch_ranks(shard_of, row_of, b[sl], 1), c2)
             ok[sl] = sc >= c2

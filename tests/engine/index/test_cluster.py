@@ -135,7 +135,7 @@ def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds
         e = np.stack([ia, ib], 1)[level2(ia, ib)]
         want = _labels_of(n, e)
         assert len(want[0]) > 1000 and len(ia) > 300_000          # one huge group: a quadratic range search
-        for kind, k, pool in [("exact", 16, 64), ("exact", 2, 0), ("exact", 1, 4), ("ivf", 4, 8)]:
+        for kind, k, heap in [("exact", 16, 1 << 24), ("exact", 2, 50), ("exact", 1, 7), ("ivf", 4, 1 << 24)]:
             scored = []
 
             def l2(a, b):
@@ -144,8 +144,8 @@ def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds
                 return level2(a, b)
 
             uf, st = cluster_pairs(x, lambda a, b: np.einsum("ij,ij->i", x[a], x[b]), l2, c1, kind,
-                                   nlist=8, nprobe=8, query_batch=300, k=k, pool_limit=pool)
-            assert uf.components() == want, (c1, kind, k, pool)
+                                   nlist=8, nprobe=8, query_batch=300, k=k, heap_entries=heap)
+            assert uf.components() == want, (c1, kind, k, heap)
             assert st.search_rounds >= 2 and st.queries < 6 * n           # saturated items asked again
             assert st.level1_pairs < len(ia) // 10 and sum(scored) == st.level2_pairs
 

@@ -1,0 +1,166 @@
+"""Many k-nearest-neighbour searches at once, list by list with matrix products.
+
+Clustering asks every item of the bank for its neighbours: a million queries against a
+million vectors.  faiss's IVF search scans each query's lists one query at a time, so every
+list is read from memory once per query that probes it; faiss's contrib `big_batch_search`
+turns that around (for each inverted list, the queries that probe it, one BLAS product), and
+this module does the same with what clustering needs on top: per-query exclusions (an item
+asked again is searched only among allowed items outside its own component) and a skip of
+lists holding nothing a query may see.  The lists come from faiss k-means; one list is an
+exact (flat) search with the same code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: largest score block computed at once (queries x list items), in entries, and the most list
+#: items in one block (a longer list, e.g. the single list of an exact search, is cut)
+_BLOCK = 1 << 22
+_COLS = 1 << 14
+
+
+class ListScan:
+    """k-NN by inner product over unit vectors `x` [n, d]: `nlist` k-means lists (1: exact)."""
+
+    def __init__(self, x: np.ndarray, nlist: int = 1, nprobe: int = 1, seed: int = 1234,
+                 train_per_list: int = 64, niter: int = 10) -> None:
+        import faiss
+
+        self.faiss = faiss
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        n, d = self.x.shape
+        self.nlist = max(1, min(int(nlist), n))
+        self.nprobe = max(1, min(int(nprobe), self.nlist))
+        if self.nlist == 1:
+            self.quantizer = None
+            assign = np.zeros(n, np.int64)
+        else:
+            rng = np.random.default_rng(seed)
+            m = min(n, train_per_list * self.nlist)
+            sample = self.x if m == n else self.x[np.sort(rng.choice(n, m, replace=False))]
+            km = faiss.Kmeans(d, self.nlist, niter=niter, seed=seed, spherical=True,
+                              max_points_per_centroid=max(train_per_list, 1), verbose=False)
+            km.train(sample)
+            self.quantizer = faiss.IndexFlatIP(d)
+            self.quantizer.add(km.centroids)
+            assign = np.empty(n, np.int64)
+            for s in range(0, n, 1 << 16):
+                assign[s:s + (1 << 16)] = self.quantizer.search(self.x[s:s + (1 << 16)], 1)[1][:, 0]
+        self.ids = np.argsort(assign, kind="stable").astype(np.int64)      # items, list by list
+        self.lims = np.searchsorted(assign[self.ids], np.arange(self.nlist + 1))
+        self.xs = self.x[self.ids]
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.x)
+
+    def _buckets(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query positions sorted by probed list, list boundaries into them)."""
+        nq = len(xq)
+        if self.quantizer is None:
+            return np.arange(nq), np.array([0, nq])
+        probes = self.quantizer.search(xq, self.nprobe)[1].astype(np.int64)
+        flat = probes.ravel()
+        order = np.argsort(flat, kind="stable")
+        return order // self.nprobe, np.searchsorted(flat[order], np.arange(self.nlist + 1))
+
+    def _blocks(self, q: np.ndarray, allowed: np.ndarray | None, roots: np.ndarray | None):
+        """Yield (query positions, item ids, scores) per list block, exclusions set to -inf.
+
+        Scores are one torch matrix product per block (about twice numpy's BLAS here)."""
+        import torch
+
+        xq = torch.from_numpy(self.x[q])
+        xs = self._xs_t()
+        qpos, qlims = self._buckets(self.x[q])
+        qroot = roots[q] if roots is not None else None
+        for li in range(self.nlist):
+            sub0 = qpos[qlims[li]:qlims[li + 1]]
+            if not len(sub0):
+                continue
+            for a in range(int(self.lims[li]), int(self.lims[li + 1]), _COLS):
+                b = min(a + _COLS, int(self.lims[li + 1]))
+                sub, cols, xb = sub0, self.ids[a:b], xs[a:b]
+                if allowed is not None:
+                    keep = allowed[cols]
+                    if not keep.any():
+                        continue
+                    if not keep.all():
+                        cols, xb = cols[keep], xb[torch.from_numpy(keep)]
+                croot = None
+                if qroot is not None:
+                    croot = roots[cols]
+                    if croot.min() == croot.max():          # one component: its own members see nothing
+                        sub = sub[qroot[sub] != croot[0]]
+                        croot = None
+                        if not len(sub):
+                            continue
+                step = max(1, _BLOCK // len(cols))
+                for s in range(0, len(sub), step):
+                    ss = sub[s:s + step]
+                    d = xq[torch.from_numpy(ss)] @ xb.T
+                    if croot is not None:
+                        d.masked_fill_(torch.from_numpy(qroot[ss][:, None] == croot[None, :]), -np.inf)
+                    yield ss, cols, d
+
+    def _xs_t(self):
+        import torch
+
+        if getattr(self, "_xs_torch", None) is None:
+            self._xs_torch = torch.from_numpy(self.xs)
+        return self._xs_torch
+
+    def search(self, q: np.ndarray, k: int, lo: float = -np.inf, allowed: np.ndarray | None = None,
+               roots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids [len(q), k] of the k best items scoring >= lo for items q (best first;
+        -inf and -1 pad where fewer reach lo).
+
+        `allowed` (bool [n]): only these items are candidates; `roots` (int [n]): an item is never
+        returned for a query with the same root (its own component).  Only scores >= lo are
+        kept from each block (a bank is mostly unrelated items), the top k of a row only where
+        more than k reach lo."""
+        import torch
+
+        q = np.asarray(q, np.int64)
+        k = max(1, min(int(k), self.ntotal))
+        got_q, got_i, got_d = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+        for ss, cols, d in self._blocks(q, allowed, roots):
+            ge = d >= lo
+            cnt = ge.sum(1)
+            many = cnt > k
+            if bool(many.any()):
+                rows = torch.nonzero(many, as_tuple=True)[0]
+                v, j = torch.topk(d[rows], k, dim=1)
+                r = rows.numpy()
+                got_q.append(np.repeat(ss[r], k))
+                got_i.append(cols[j.numpy()].ravel())
+                got_d.append(v.numpy().ravel())
+                ge[rows] = False
+            r, c = (t.numpy() for t in torch.nonzero(ge, as_tuple=True))
+            if len(r):
+                got_q.append(ss[r])
+                got_i.append(cols[c])
+                got_d.append(d.numpy()[r, c])
+        qp, ids, dist = np.concatenate(got_q), np.concatenate(got_i), np.concatenate(got_d).astype(np.float32)
+        order = np.lexsort((ids, -dist, qp))
+        qp, ids, dist = qp[order], ids[order], dist[order]
+        start = np.searchsorted(qp, np.arange(len(q)))
+        rank = np.arange(len(qp)) - start[qp]
+        keep = rank < k
+        out_d = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        out_d[qp[keep], rank[keep]] = dist[keep]
+        out_i[qp[keep], rank[keep]] = ids[keep]
+        return out_d, out_i
+
+    def range_search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every (query item, item) pair with score >= threshold among the probed lists."""
+        import torch
+
+        q = np.asarray(q, np.int64)
+        out_q, out_i = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for ss, cols, d in self._blocks(q, None, None):
+            r, c = (t.numpy() for t in torch.nonzero(d >= threshold, as_tuple=True))
+            out_q.append(q[ss[r]])
+            out_i.append(cols[c])
+        return np.concatenate(out_q), np.concatenate(out_i)
