@@ -32,7 +32,6 @@ from engine.features import TmkFeatures  # noqa: E402
 from engine.index import VideoIndex, connected_components  # noqa: E402
 from engine.index.cluster import candidate_recall  # noqa: E402
 from engine.index.index import _Needles  # noqa: E402
-from engine.synthetic import perturb_rows  # noqa: E402
 
 
 def group_sizes(n_dup: int, largest: float, n: int) -> list[int]:

@@ -102,42 +102,59 @@ Level1Fn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Level2Fn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int = 32, seed: int = 1234):
+def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int = 32, seed: int = 1234,
+                     precision: str = "bf16"):
     """The neighbour searcher over the unit level-1 vectors: one list (exact) or k-means lists
-    (approximate, `nprobe` probed), engine/index/neighbours.py."""
+    (approximate, `nprobe` probed), engine/index/neighbours.py; scores in `precision`
+    (bf16: within `error` of exact, which callers rescore exactly)."""
     from engine.index.coarse import ivf_nlist
     from engine.index.neighbours import ListScan
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if kind == "exact":
-        return ListScan(x, 1, 1, seed)
-    return ListScan(x, ivf_nlist(len(x), nlist), nprobe, seed)
+    nl = 1 if kind == "exact" else ivf_nlist(len(x), nlist)
+    return ListScan(x, nl, nprobe if nl > 1 else 1, seed, precision=precision)
 
 
 def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tuple[int, ...] = (128,), k: int = 16,
-                     sample: int = 2000, seed: int = 0) -> dict[int, dict[str, float | int]]:
-    """IVF against exact level-1 candidates, for `sample` random items as queries, per nprobe.
+                     sample: int = 2000, seed: int = 0, precision: str = "bf16") -> dict[int, dict[str, float | int]]:
+    """IVF against exact (flat, float32) level-1 candidates, `sample` random items as queries, per nprobe.
 
-    ``knn``: of the exact k nearest neighbours with level-1 >= c1 (what round 1 of
-    `cluster_pairs` links from), the share IVF returns; ``range``: of all items with level-1
-    >= c1 (every level-1 pair of the sampled items), the share an IVF range search returns."""
+    ``knn``: what round 1 of `cluster_pairs` links from.  A query needs min(k, its number of
+    items with level-1 >= c1) such neighbours (any of them: a query with more than k is asked
+    again anyway); the share of that need the k+1-nearest-neighbour search returns, checked
+    with exact level-1.  ``knn_same_items``: stricter, the share of the exact k nearest
+    neighbours themselves among those returned (near-ties reorder under bf16 scores, so it is
+    below 1 even with every list probed).  ``range``: of all items with level-1 >= c1 (every
+    level-1 pair of the sampled items), the share a range search returns."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     rng = np.random.default_rng(seed)
     q = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
 
-    def pairs(ix) -> tuple[set, set]:
-        d, i = ix.search(q, k + 1)
-        knn = {(int(a), int(b)) for a, row, sc in zip(q, i, d) for b, s in zip(row, sc) if b != a and b >= 0 and s >= c1}
-        qi, rows = ix.range_search(q, c1)
-        return knn, {(int(a), int(b)) for a, b in zip(qi, rows) if a != b}
+    def pairs(ix) -> tuple[np.ndarray, set, set]:
+        """(per query the neighbours >= c1 returned, kNN pairs, range pairs), with exact level-1
+        (the scan's own scores may be bf16 approximations: margin `error`, then rescored)."""
+        d, i = ix.search(q, k + 1, c1 - ix.error)
+        a = np.broadcast_to(q[:, None], i.shape)[i >= 0]
+        qpos = np.broadcast_to(np.arange(len(q))[:, None], i.shape)[i >= 0]
+        b = i[i >= 0]
+        ok = (np.einsum("ij,ij->i", x[a], x[b]) >= c1) & (a != b)
+        qi, rows = ix.range_search(q, c1 - ix.error)
+        ok2 = (np.einsum("ij,ij->i", x[qi], x[rows]) >= c1) & (qi != rows)
+        found = np.minimum(np.bincount(qpos[ok], minlength=len(q)), k)
+        return (found, set(zip(a[ok].tolist(), b[ok].tolist())),
+                set(zip(qi[ok2].tolist(), rows[ok2].tolist())))
 
-    ek, er = pairs(candidate_search(x, "exact"))
-    ivf = candidate_search(x, "ivf", nlist, max(nprobes))
+    _, ek, er = pairs(candidate_search(x, "exact", precision="fp32"))
+    have = np.bincount(np.searchsorted(q, [a for a, _ in er]), minlength=len(q))
+    need = np.minimum(have, k)
+    ivf = candidate_search(x, "ivf", nlist, max(nprobes), precision=precision)
     out = {}
     for p in nprobes:
         ivf.nprobe = max(1, min(p, ivf.nlist))
-        ik, ir = pairs(ivf)
-        out[p] = {"queries": len(q), "knn_pairs": len(ek), "knn": round(len(ek & ik) / max(len(ek), 1), 5),
+        found, ik, ir = pairs(ivf)
+        out[p] = {"queries": len(q), "knn_needed": int(need.sum()),
+                  "knn": round(float(np.minimum(found, need).sum() / max(need.sum(), 1)), 5),
+                  "knn_pairs": len(ek), "knn_same_items": round(len(ek & ik) / max(len(ek), 1), 5),
                   "range_pairs": len(er), "range": round(len(er & ir) / max(len(er), 1), 5)}
     return out
 
@@ -145,7 +162,8 @@ def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tu
 def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: float,
                   kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 1 << 16,
                   slack: float = 1e-4, hold_pairs: int = 1 << 21, progress: Callable[[int], None] | None = None,
-                  k: int = 16, heap_entries: int = 1 << 24) -> tuple[UnionFind, ClusterStats]:
+                  k: int = 16, heap_entries: int = 1 << 24, precision: str = "bf16"
+                  ) -> tuple[UnionFind, ClusterStats]:
     """Connected components of the graph of pairs passing level-1 >= c1 and level-2 >= c2.
 
     Candidates come from k-nearest-neighbour searches, not range searches: a range search
@@ -171,7 +189,8 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     grow linearly with the items whatever the group sizes (1.2-1.4 searches per item measured,
     docs/benchmarks.md); each IVF search scans ~nprobe * N / nlist vectors, all the queries of
     a batch that probe a list in one matrix product.  ``level1(i, j)`` gives exact level-1
-    scores (used for pairs within `slack` of c1; the scan's inner products decide the rest),
+    scores (used for pairs within `slack` of c1, at least the scan's `error`: 0.012 for its
+    bf16 products; the scan's inner products decide the rest),
     ``level2(i, j)`` which pairs i < j pass level-2 (>= c2).  Components do not depend on the
     order pairs are met.
     """
@@ -183,9 +202,10 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
         return uf, st
     t0 = time.perf_counter()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    nb = candidate_search(x, kind, nlist, nprobe)
+    nb = candidate_search(x, kind, nlist, nprobe, precision=precision)
     st.index_s = time.perf_counter() - t0
     st.level1_s += st.index_s
+    slack = max(slack, nb.error)           # bf16 scores: within nb.error of exact, rescored near c1
     lo = c1 - slack
     active = np.ones(n, bool)                # saturated (or not yet asked)
     want = np.full(n, k, np.int64)           # new neighbours to ask each item for
@@ -210,7 +230,7 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
         key, a, b, d = key[first], a[first], b[first], d[first]
         live = (uf.roots(a) != uf.roots(b)) & ~np.isin(key, known, assume_unique=True)
         key, a, b, d = key[live], a[live], b[live], d[live]
-        near = np.abs(d - c1) <= slack         # too close to call on faiss's rounding: exact level-1
+        near = np.abs(d - c1) <= slack         # too close to call on the scan's rounding: exact level-1
         if near.any():
             exact = np.asarray(level1(a[near], b[near]), np.float32)
             d[np.nonzero(near)[0]] = np.where(exact >= c1, np.maximum(exact, c1), -np.inf)

@@ -20,58 +20,84 @@ _COLS = 1 << 14
 
 
 class ListScan:
-    """k-NN by inner product over unit vectors `x` [n, d]: `nlist` k-means lists (1: exact)."""
+    """k-NN by inner product over unit vectors `x` [n, d]: `nlist` k-means lists (1: exact).
+
+    ``precision="bf16"`` computes the scores from bfloat16 copies (about 2.8x the float32
+    product rate on CPUs with bf16 instructions, and on GPUs): each score is then within
+    `error` of the exact inner product (bf16 keeps 8 significant bits, u = 2^-8: inputs
+    rounded, |x~.y~ - x.y| <= (2u + u^2)|x||y|; fp32 accumulation; the output rounded again,
+    u|s|), so a caller keeps candidates down to c1 - error and rescores them exactly.
+    ``"fp32"``: error 1e-4 (float32 rounding)."""
 
     def __init__(self, x: np.ndarray, nlist: int = 1, nprobe: int = 1, seed: int = 1234,
-                 train_per_list: int = 64, niter: int = 10) -> None:
-        import faiss
+                 train_per_list: int = 64, niter: int = 10, precision: str = "fp32") -> None:
+        import torch
 
-        self.faiss = faiss
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {precision!r} (expected fp32 or bf16)")
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        u = 2.0 ** -8
+        self.error = (2 * u + u * u) * (1 + u) + u * (1 + 2 * u) + 1e-4 if precision == "bf16" else 1e-4
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         n, d = self.x.shape
         self.nlist = max(1, min(int(nlist), n))
         self.nprobe = max(1, min(int(nprobe), self.nlist))
         if self.nlist == 1:
-            self.quantizer = None
+            self.centroids = None
             assign = np.zeros(n, np.int64)
         else:
-            rng = np.random.default_rng(seed)
-            m = min(n, train_per_list * self.nlist)
-            sample = self.x if m == n else self.x[np.sort(rng.choice(n, m, replace=False))]
-            km = faiss.Kmeans(d, self.nlist, niter=niter, seed=seed, spherical=True,
-                              max_points_per_centroid=max(train_per_list, 1), verbose=False)
-            km.train(sample)
-            self.quantizer = faiss.IndexFlatIP(d)
-            self.quantizer.add(km.centroids)
-            assign = np.empty(n, np.int64)
-            for s in range(0, n, 1 << 16):
-                assign[s:s + (1 << 16)] = self.quantizer.search(self.x[s:s + (1 << 16)], 1)[1][:, 0]
+            self.centroids = self._kmeans(train_per_list, niter, seed)
+            assign = np.concatenate([self._nearest_lists(self.x[s:s + (1 << 16)], 1)[:, 0]
+                                     for s in range(0, n, 1 << 16)])
         self.ids = np.argsort(assign, kind="stable").astype(np.int64)      # items, list by list
         self.lims = np.searchsorted(assign[self.ids], np.arange(self.nlist + 1))
-        self.xs = self.x[self.ids]
+        self.xs = torch.from_numpy(self.x[self.ids]).to(self.dtype)
 
     @property
     def ntotal(self) -> int:
         return len(self.x)
 
+    def _kmeans(self, per_list: int, niter: int, seed: int):
+        """Spherical k-means (faiss's Kmeans) on a sample of `per_list` points per list."""
+        import faiss
+        import torch
+
+        n, d = self.x.shape
+        rng = np.random.default_rng(seed)
+        m = min(n, per_list * self.nlist)
+        sample = self.x if m == n else self.x[np.sort(rng.choice(n, m, replace=False))]
+        km = faiss.Kmeans(d, self.nlist, niter=niter, seed=seed, spherical=True,
+                          max_points_per_centroid=max(per_list, 1), verbose=False)
+        km.train(sample)
+        return torch.from_numpy(np.ascontiguousarray(km.centroids, np.float32)).to(self.dtype)
+
+    def _nearest_lists(self, v: np.ndarray, p: int) -> np.ndarray:
+        """The p lists whose centroids score highest for each vector [len(v), p]."""
+        import torch
+
+        out = np.empty((len(v), p), np.int64)
+        for s in range(0, len(v), 8192):
+            sc = torch.from_numpy(v[s:s + 8192]).to(self.dtype) @ self.centroids.T
+            out[s:s + 8192] = torch.topk(sc, p, dim=1).indices.numpy()
+        return out
+
     def _buckets(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query positions sorted by probed list, list boundaries into them)."""
         nq = len(xq)
-        if self.quantizer is None:
+        if self.centroids is None:
             return np.arange(nq), np.array([0, nq])
-        probes = self.quantizer.search(xq, self.nprobe)[1].astype(np.int64)
-        flat = probes.ravel()
+        flat = self._nearest_lists(xq, self.nprobe).ravel()
         order = np.argsort(flat, kind="stable")
         return order // self.nprobe, np.searchsorted(flat[order], np.arange(self.nlist + 1))
 
     def _blocks(self, q: np.ndarray, allowed: np.ndarray | None, roots: np.ndarray | None):
         """Yield (query positions, item ids, scores) per list block, exclusions set to -inf.
 
-        Scores are one torch matrix product per block (about twice numpy's BLAS here)."""
+        Scores are one torch matrix product per block (about twice numpy's BLAS here in float32)."""
         import torch
 
-        xq = torch.from_numpy(self.x[q])
-        xs = self._xs_t()
+        xq = torch.from_numpy(self.x[q]).to(self.dtype)
+        xs = self.xs
         qpos, qlims = self._buckets(self.x[q])
         qroot = roots[q] if roots is not None else None
         for li in range(self.nlist):
@@ -103,13 +129,6 @@ class ListScan:
                         d.masked_fill_(torch.from_numpy(qroot[ss][:, None] == croot[None, :]), -np.inf)
                     yield ss, cols, d
 
-    def _xs_t(self):
-        import torch
-
-        if getattr(self, "_xs_torch", None) is None:
-            self._xs_torch = torch.from_numpy(self.xs)
-        return self._xs_torch
-
     def search(self, q: np.ndarray, k: int, lo: float = -np.inf, allowed: np.ndarray | None = None,
                roots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids [len(q), k] of the k best items scoring >= lo for items q (best first;
@@ -134,13 +153,13 @@ class ListScan:
                 r = rows.numpy()
                 got_q.append(np.repeat(ss[r], k))
                 got_i.append(cols[j.numpy()].ravel())
-                got_d.append(v.numpy().ravel())
+                got_d.append(v.float().numpy().ravel())
                 ge[rows] = False
             r, c = (t.numpy() for t in torch.nonzero(ge, as_tuple=True))
             if len(r):
                 got_q.append(ss[r])
                 got_i.append(cols[c])
-                got_d.append(d.numpy()[r, c])
+                got_d.append(d[torch.from_numpy(r), torch.from_numpy(c)].float().numpy())
         qp, ids, dist = np.concatenate(got_q), np.concatenate(got_i), np.concatenate(got_d).astype(np.float32)
         order = np.lexsort((ids, -dist, qp))
         qp, ids, dist = qp[order], ids[order], dist[order]

@@ -157,6 +157,8 @@ def test_candidate_recall_is_one_when_every_list_is_probed_and_drops_with_one():
     c = rng.normal(size=(40, 16))
     x = c[rng.integers(40, size=2000)] + 0.25 * rng.normal(size=(2000, 16))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    r = candidate_recall(x, 0.85, nlist=16, nprobes=(1, 16), sample=200)
-    assert r[16]["knn"] == r[16]["range"] == 1.0 and r[16]["knn_pairs"] > 1000
-    assert r[1]["knn"] < 1.0 and r[1]["range"] < 1.0
+    r = candidate_recall(x, 0.85, nlist=64, nprobes=(1, 64), sample=200)
+    assert r[64]["knn"] == r[64]["range"] == 1.0 and r[64]["knn_pairs"] > 1000 and r[64]["knn_needed"] > 1000
+    assert r[1]["knn"] < 1.0 and r[1]["range"] < 1.0 and r[1]["knn_same_items"] < 1.0
+    f = candidate_recall(x, 0.85, nlist=64, nprobes=(64,), sample=200, precision="fp32")
+    assert f[64]["knn"] == f[64]["knn_same_items"] == f[64]["range"] == 1.0

@@ -85,3 +85,20 @@ def test_range_search_is_every_pair_over_the_threshold():
     s = x[q] @ x.T
     a, b = np.nonzero(s >= 0.8)
     assert sorted(zip(qi.tolist(), ii.tolist())) == sorted(zip(q[a].tolist(), b.tolist()))
+
+
+def test_bf16_scores_stay_within_the_stated_error_and_find_the_same_items():
+    x = _bank(n=3000, d=256, seed=4)
+    q = np.arange(0, 3000, 5)
+    fp = ListScan(x, 1, 1)
+    bf = ListScan(x, 1, 1, precision="bf16")
+    assert 0.011 < bf.error < 0.0125 and fp.error == 1e-4
+    d, i = bf.search(q, 20)
+    exact = np.einsum("qd,qkd->qk", x[q], x[i])
+    assert np.abs(d - exact).max() <= bf.error
+    assert np.abs(d - exact).max() > 1e-4                  # really computed in bf16
+    # with the margin, everything the exact search finds at >= 0.8 is among bf16's >= 0.8 - error
+    de, ie = fp.search(q, 3000, 0.8)
+    db, ib = bf.search(q, 3000, 0.8 - bf.error)
+    for a, b in zip(ie, ib):
+        assert set(a[a >= 0].tolist()) <= set(b[b >= 0].tolist())
