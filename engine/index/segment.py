@@ -151,11 +151,20 @@ class PreparedBatch:
         return len(self.ids)
 
 
+def _digests(sums: np.ndarray) -> np.ndarray:
+    """`_digest` of every row of block sums [n, blocks], as uint64 [n]."""
+    buf = np.ascontiguousarray(sums, dtype=np.uint64).tobytes()
+    w = sums.shape[1] * 8
+    b2 = hashlib.blake2b
+    return np.frombuffer(b"".join([b2(buf[o:o + w], digest_size=8).digest() for o in range(0, len(buf), w)]),
+                         "<u8").astype(np.uint64)
+
+
 def _row_sums(*parts: np.ndarray) -> list[int]:
     """`row_checksum` of every row of stacked parts [n, ...] (one vectorised pass per part)."""
     n = parts[0].shape[0]
     sums = np.concatenate([block_sums(p.reshape(n, -1)) for p in parts], axis=1)
-    return [_digest(r) for r in sums]
+    return _digests(sums).tolist()
 
 
 def prepare_batch(b: FeatureBatch, ids: Sequence[str], sources: Sequence[str], store: str,
@@ -482,9 +491,14 @@ class SegmentReader:
         return l1
 
     def _bad_rows(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Positions k where rows[k] (store row idx[k]) does not match its checksum."""
-        return np.array([k for k, (sums, i) in enumerate(zip(block_sums(rows), idx.tolist()))
-                         if _digest(sums) != self.row_sum[i]], dtype=np.int64)
+        """Positions k where rows[k] (store row idx[k]) does not match its checksum.
+
+        The digests come from one bytes object in a tight loop and are compared as one array:
+        this runs beside torch's import (`open_ahead`), where every Python-level step per row
+        waits for the GIL."""
+        got = _digests(block_sums(rows))
+        want = np.fromiter((self.row_sum[i] for i in idx.tolist()), np.uint64, len(idx))
+        return np.nonzero(got != want)[0].astype(np.int64)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Store rows `idx` (sorted, unique), each checked against its checksum.
