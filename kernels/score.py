@@ -79,16 +79,12 @@ def needle_coeffs(n_cos: torch.Tensor, n_sin: torch.Tensor, c_cos: torch.Tensor,
     return cc[..., 0], (cc + ss)[..., 1:], (sc - cs)[..., 1:]
 
 
-def pair_coeffs_rows(a_rows: torch.Tensor, b_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`pair_coeffs` of pair k = (a_rows[k], b_rows[k]), rows [K,2,P,m,d] (cos, sin) float32.
-
-    One batched [2,d] x [d,2] product per (pair, period, coefficient) block: one transposed
-    copy of each side instead of four [K,P,m,d] temporaries of elementwise products.
-    """
-    k, _, p, m, d = a_rows.shape
-    x = a_rows.reshape(k, 2, p * m, d).transpose(1, 2).reshape(k * p * m, 2, d)
-    y = b_rows.reshape(k, 2, p * m, d).transpose(1, 2).reshape(k * p * m, 2, d)
-    g = torch.bmm(x, y.transpose(1, 2)).reshape(k, p, m, 2, 2)   # [a cos/sin, b cos/sin]
+def pair_coeffs_blocks(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pair_coeffs` of pair k = (a[k], b[k]) given block-major rows [K,P,m,2,d] (each block's
+    cos and sin side by side): one batched [2,d] x [d,2] product per block, no transposed
+    copies (the store is widened straight into this layout, engine/index/int8.py)."""
+    k, p, m, _, d = a.shape
+    g = torch.bmm(a.reshape(k * p * m, 2, d), b.reshape(k * p * m, 2, d).transpose(1, 2)).reshape(k, p, m, 2, 2)
     cc, cs, sc, ss = g[..., 0, 0], g[..., 0, 1], g[..., 1, 0], g[..., 1, 1]
     return cc[..., 0], (cc + ss)[..., 1:], (sc - cs)[..., 1:]
 

@@ -120,6 +120,17 @@ def dequantize(records: np.ndarray, shape: tuple[int, ...], out: np.ndarray | No
     return out
 
 
+def dequantize_blocks(records: np.ndarray, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """Records -> float32 [B, P, m, 2, d]: s q with each block's cos and sin vectors side by
+    side (what pair scoring multiplies), in one strided pass into `out` when given."""
+    q, s = split(records, shape)
+    b, _, p, m, d = q.shape
+    if out is None:
+        out = np.empty((b, p, m, 2, d), np.float32)
+    np.multiply(q.transpose(0, 2, 3, 1, 4), s.transpose(0, 2, 3, 1)[..., None], out=out, dtype=np.float32)
+    return out
+
+
 def block_norms(records: np.ndarray, shape: tuple[int, ...], chunk: int = 256) -> np.ndarray:
     """`kernels.score.block_norms` of the stored values s q of records [B, record_bytes] ->
     [B, P, m] float32 (the head-first bound of engine.index.level2 needs these), `chunk` records

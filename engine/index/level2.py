@@ -23,7 +23,7 @@ import torch
 from kernels.params import TmkParams
 from engine.index import int8
 from kernels.score import (DEFAULT_GRID, TmkScorer, _block_weights, coeffs_from_dots, needle_block_dots, needle_coeffs,
-                           needle_coeffs_lowp, needle_norms, pair_coeffs, pair_coeffs_matrix, pair_coeffs_rows)
+                           needle_coeffs_lowp, needle_norms, pair_coeffs, pair_coeffs_blocks, pair_coeffs_matrix)
 
 from kernels.score import BOUND_SLACK  # noqa: E402,F401  (the bound lives with the kernel)
 #: Largest level-2 change from storing one side in float16: each stored value carries a relative
@@ -192,19 +192,34 @@ class PairScorer:
             l2[pos[where]], offs[pos[where]] = sc, off
         return l2, offs
 
-    def score_pairs(self, a_rows: torch.Tensor, b_rows: torch.Tensor, c2: float | None = None
+    def score_pairs(self, a_blocks: torch.Tensor, b_blocks: torch.Tensor, c2: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Level-2 of pair k = (needle a_rows[k], candidate b_rows[k]), both [K,2,P,m,d] float32 (as
-        `rows_to_device`): one broadcast product per chunk, for pairs that share few rows (clusters)."""
-        k = len(a_rows)
+        """Level-2 of pair k = (needle a_blocks[k], candidate b_blocks[k]), both block-major
+        [K,P,m,2,d] float32 (`blocks_to_device`): for pairs that share few rows (clusters)."""
+        k = len(a_blocks)
         p, m = self.params.num_periods, self.params.num_coeffs
         k0 = torch.empty((k, p), device=self.device)
         a = torch.empty((k, p, m - 1), device=self.device)
         b = torch.empty_like(a)
         for s in range(0, k, self.pair_chunk):
-            x, y = a_rows[s:s + self.pair_chunk], b_rows[s:s + self.pair_chunk]
-            k0[s:s + len(x)], a[s:s + len(x)], b[s:s + len(x)] = pair_coeffs_rows(x, y)
+            x, y = a_blocks[s:s + self.pair_chunk], b_blocks[s:s + self.pair_chunk]
+            k0[s:s + len(x)], a[s:s + len(x)], b[s:s + len(x)] = pair_coeffs_blocks(x, y)
         return self.finish(k0, a, b, c2)
+
+    def blocks_to_device(self, rows: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Store rows (int8 records, or [B,2,P,m,d] float) -> block-major float32 [B,P,m,2,d] on
+        the device, into `out` (a reusable buffer of at least B rows) when given."""
+        p = self.params
+        shape = (2, p.num_periods, p.num_coeffs, p.dim)
+        n = len(rows)
+        dst = out[:n] if out is not None else None
+        if isinstance(rows, np.ndarray) and rows.dtype == np.uint8 and self.device.type == "cpu":
+            return torch.from_numpy(int8.dequantize_blocks(rows, shape, None if dst is None else dst.numpy()))
+        t = self.rows_to_device(rows).permute(0, 2, 3, 1, 4)
+        if dst is None:
+            return t.contiguous()
+        dst.copy_(t)
+        return dst
 
     def finish(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -552,24 +552,29 @@ class IndexSnapshot:
 
     def _fetch_ranks(self, shard_of: np.ndarray, row_of: np.ndarray, ranks: np.ndarray, slot: int = 0
                      ) -> torch.Tensor:
-        """Store rows of items `ranks` as float32 [len, 2, P, m, d] on the device, in that order.
+        """Store rows of items `ranks`, block-major float32 [len, P, m, 2, d] on the device, in
+        that order (`PairScorer.blocks_to_device`).
 
         Rows are gathered as stored (66 KB each for int8) into one buffer, then widened once into
         a second; both are reused across batches (`slot`), since fresh memory per batch costs a
         page fault per 4 KB, more than the copy itself."""
         shards = self._state()
         bufs = self.__dict__.setdefault("_fetch_bufs", {})
-        raw = bufs.get(("raw", slot))
+        p = self.params
+        wide = bufs.get(("wide", slot))
+        if wide is None or wide.shape[0] < len(ranks):
+            wide = bufs[("wide", slot)] = torch.empty((max(len(ranks), 1), p.num_periods, p.num_coeffs, 2, p.dim),
+                                                      device=self.device)
         first = shards[int(shard_of[ranks[0]])] if len(ranks) else None
         if isinstance(first, _MemoryShard) or not len(ranks):
-            p = self.params
-            out = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim), device=self.device)
+            out = wide[:len(ranks)]
             for si in np.unique(shard_of[ranks]):
                 sel = np.nonzero(shard_of[ranks] == si)[0]
-                out[torch.from_numpy(sel).to(self.device)] = self._scorer.rows_to_device(
+                out[torch.from_numpy(sel).to(self.device)] = self._scorer.blocks_to_device(
                     shards[si].rows(row_of[ranks[sel]]))
             return out
         reader = first.readers[0]
+        raw = bufs.get(("raw", slot))
         if raw is None or raw.shape[0] < len(ranks):
             raw = bufs[("raw", slot)] = np.empty((len(ranks), *reader.row_shape), reader.store.dtype)
         raw = raw[:len(ranks)]
@@ -578,14 +583,7 @@ class IndexSnapshot:
             r = row_of[ranks[sel]]
             ur, inv = np.unique(r, return_inverse=True)       # each row read (and checked) once
             raw[sel] = shards[si].rows(ur)[inv.reshape(-1)]
-        if raw.dtype == np.float32:
-            return torch.from_numpy(raw).to(self.device)
-        wide = bufs.get(("wide", slot))
-        if wide is None or wide.shape[0] < len(ranks):
-            p = self.params
-            wide = bufs[("wide", slot)] = torch.empty((len(ranks), 2, p.num_periods, p.num_coeffs, p.dim),
-                                                      device=self.device)
-        return self._scorer.rows_to_device(raw, wide)
+        return self._scorer.blocks_to_device(raw, wide)
 
     def _pairs_pass(self, shard_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray, c2: float,
                     chunk: int) -> np.ndarray:
