@@ -165,54 +165,45 @@ class ListScan:
     def search(self, q: np.ndarray, k: int, lo: float = -np.inf, allowed: np.ndarray | None = None,
                roots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids [len(q), k] of the k best items scoring >= lo for items q (best first;
-        -inf and -1 pad where fewer reach lo).
+        -inf and -1 pad where fewer reach lo; ties in any order).
 
         `allowed` (bool [n]): only these items are candidates; `roots` (int [n]): an item is never
-        returned for a query with the same root (its own component).  Only scores >= lo are
-        kept from each block (a bank is mostly unrelated items), the top k of a row only where
-        more than k reach lo."""
+        returned for a query with the same root (its own component).  Rows of a block whose
+        best score is below lo are dropped first (a bank is mostly unrelated items)."""
         import torch
 
         q = np.asarray(q, np.int64)
         k = max(1, min(int(k), self.ntotal))
 
-        def consume(blocks) -> tuple[list, list, list]:
-            got_q, got_i, got_d = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+        def consume(blocks):
+            """Fold the blocks into one faiss ResultHeap per thread (k per query at most: a query
+            in a 50,000-copy group meets thousands of candidates over its probed lists)."""
+            import faiss
+
+            heap = faiss.ResultHeap(len(q), k, keep_max=True)
             for ss, cols, d in blocks:
                 hit = torch.nonzero(d.amax(1) >= lo, as_tuple=True)[0]     # most rows reach nothing
                 if not len(hit):
                     continue
-                d, ss = d[hit], ss[hit.numpy()]
-                ge = d >= lo
-                many = ge.sum(1, dtype=torch.int32) > k
-                if bool(many.any()):
-                    rows = torch.nonzero(many, as_tuple=True)[0]
-                    v, j = torch.topk(d[rows], k, dim=1)
-                    r = rows.numpy()
-                    got_q.append(np.repeat(ss[r], k))
-                    got_i.append(cols[j.numpy()].ravel())
-                    got_d.append(v.float().numpy().ravel())
-                    ge[rows] = False
-                r, c = (t.numpy() for t in torch.nonzero(ge, as_tuple=True))
-                if len(r):
-                    got_q.append(ss[r])
-                    got_i.append(cols[c])
-                    got_d.append(d[torch.from_numpy(r), torch.from_numpy(c)].float().numpy())
-            return got_q, got_i, got_d
+                v, j = torch.topk(d[hit], min(k, d.shape[1]), dim=1)
+                v = v.float()
+                v.masked_fill_(v < lo, -np.inf)
+                heap.add_result_subset(ss[hit.numpy()].astype(np.int64), np.ascontiguousarray(v.numpy()),
+                                       np.ascontiguousarray(cols[j.numpy()]))
+            return heap
 
-        parts = self._parallel(q, allowed, roots, consume)
-        qp = np.concatenate([a for p in parts for a in p[0]])
-        ids = np.concatenate([a for p in parts for a in p[1]])
-        dist = np.concatenate([a for p in parts for a in p[2]]).astype(np.float32)
-        order = np.lexsort((ids, -dist, qp))
-        qp, ids, dist = qp[order], ids[order], dist[order]
-        start = np.searchsorted(qp, np.arange(len(q)))
-        rank = np.arange(len(qp)) - start[qp]
-        keep = rank < k
-        out_d = np.full((len(q), k), -np.inf, np.float32)
-        out_i = np.full((len(q), k), -1, np.int64)
-        out_d[qp[keep], rank[keep]] = dist[keep]
-        out_i[qp[keep], rank[keep]] = ids[keep]
+        heaps = self._parallel(q, allowed, roots, consume)
+        if len(heaps) > 1:
+            import faiss
+
+            merged = faiss.ResultHeap(len(q), k, keep_max=True)
+            for h in heaps:
+                h.finalize()
+                merged.add_result(h.D, h.I)
+            heaps = [merged]
+        heaps[0].finalize()
+        out_d, out_i = heaps[0].D, heaps[0].I
+        out_d[out_i < 0] = -np.inf
         return out_d, out_i
 
     def range_search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
