@@ -491,10 +491,11 @@ class IndexSnapshot:
         ok = l2 >= c2
         shards = self._state()
         out: list[list[Match]] = [[] for _ in needles]
-        for i in np.nonzero(ok)[0]:
-            n = int(pairs.needle[i])
-            out[n].append(Match(nd.names[n], shards[pairs.shard[i]].ids[pairs.row[i]], float(pairs.l1[i]),
-                                float(l2[i]), offs[i].tolist()))
+        hit = np.nonzero(ok)[0]            # one tolist per column: a c1 = -1 query matches every row
+        ids = [sh.ids for sh in shards]
+        for n, si, r, a, b, o in zip(pairs.needle[hit].tolist(), pairs.shard[hit].tolist(), pairs.row[hit].tolist(),
+                                     pairs.l1[hit].tolist(), l2[hit].tolist(), offs[hit].tolist()):
+            out[n].append(Match(nd.names[n], ids[si][r], a, b, o))
         for lst in out:
             lst.sort(key=lambda mt: (-mt.level2, -mt.level1, mt.id))
             del lst[top if top is not None else len(lst):]
