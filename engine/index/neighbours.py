@@ -133,8 +133,8 @@ class ListScan:
 
     def _parallel(self, q: np.ndarray, allowed: np.ndarray | None, roots: np.ndarray | None, consume):
         """Run consume(blocks) over the work units in one thread per core, each single-threaded
-        in torch (the blocks are too small for torch's own threads: measured 118 against ~60
-        GFlops per core), and return the results in a list."""
+        in torch, and return the results in a list: the blocks are too small for torch's own
+        threads (2,843 against 2,397 queries/s measured at 1,000,000 items, bf16, nprobe 128)."""
         import torch
 
         qpos, qlims, units = self._plan(q)
