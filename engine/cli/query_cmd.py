@@ -180,8 +180,14 @@ def run_cluster(args: argparse.Namespace) -> int:
             from engine.index import robust
             groups = robust.clusters(ix, c1, c2, args.min_size)
         else:
-            groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,
-                                 nlist=args.nlist, nprobe=args.nprobe)
+            from engine.progress import Progress
+
+            bar = Progress(len(ix), "cluster: neighbour searches", "item")    # round 1, every item once
+            try:
+                groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,
+                                     nlist=args.nlist, nprobe=args.nprobe, progress=bar.update)
+            finally:
+                bar.close()
         items = len(ix)
     out = sys.stdout
     for cid, members in enumerate(groups):
