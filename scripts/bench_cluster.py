@@ -132,9 +132,10 @@ def build(root: Path, n: int, store: str, dup_fraction: float, seed: int) -> Vid
 
 
 def level1_bank(n: int, dup_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The level-1 vectors of a bank like `build`'s (same group sizes, same perturbation of the
-    pure average; not the same random draws) and each item's video (group id, or -1-i unrelated),
-    without the level-2 rows: for a candidate-stage run where the store does not fit on disk."""
+    """The level-1 vectors of a bank like `build`'s (same group sizes and perturbation rule of the
+    pure average, with Gaussian noise where `build` draws bytes; not the same draws) and each
+    item's video (group id, or -1-i unrelated), without the level-2 rows: for a candidate-stage
+    run where the store does not fit on disk."""
     from engine.index.segment import unit_average
 
     bases = load_bases()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import CliError, config_from, importing
+from engine.cli.common import CliError, Progress, config_from, importing
 from engine.cli.index_cmd import cli_errors, index_config, make_hasher, open_index
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _thresholds(c)
     c.add_argument("--min-size", type=int, default=2, help="smallest cluster printed (default 2)")
     c.add_argument("--candidates", choices=["auto", "exact", "ivf"], default="auto",
-                   help="level-1 candidate search: exact (flat, equals all pairs), ivf (approximate, "
-                        "near-linear; recall in docs/index.md), auto (exact for flat indexes up to 100,000 items)")
+                   help="level-1 candidate search: exact (every item scanned: the all-pairs components), ivf "
+                        "(k-means lists, approximate; recall in docs/benchmarks.md), auto (exact for flat indexes "
+                        "up to 100,000 items)")
     c.add_argument("--nprobe", type=int, default=128, help="ivf candidates: lists probed per item (default 128)")
     c.add_argument("--nlist", type=int, default=0, help="ivf candidates: lists (default about 4 sqrt(N))")
     c.add_argument("--summary", type=int, nargs="?", const=10, metavar="K",
@@ -180,8 +181,6 @@ def run_cluster(args: argparse.Namespace) -> int:
             from engine.index import robust
             groups = robust.clusters(ix, c1, c2, args.min_size)
         else:
-            from engine.progress import Progress
-
             bar = Progress(len(ix), "cluster: neighbour searches", "item")    # round 1, every item once
             try:
                 groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,

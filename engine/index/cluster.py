@@ -130,9 +130,10 @@ def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tu
     rng = np.random.default_rng(seed)
     q = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
 
-    def pairs(ix) -> tuple[np.ndarray, set, set]:
-        """(per query the neighbours >= c1 returned, kNN pairs, range pairs), with exact level-1
-        (the scan's own scores may be bf16 approximations: margin `error`, then rescored)."""
+    def pairs(ix) -> tuple[np.ndarray, np.ndarray, set, set]:
+        """(per query the kNN neighbours >= c1 returned, and its range pairs, kNN pairs, range
+        pairs), with exact level-1 (the scan's own scores may be bf16 approximations: margin
+        `error`, then rescored)."""
         d, i = ix.search(q, k + 1, c1 - ix.error)
         a = np.broadcast_to(q[:, None], i.shape)[i >= 0]
         qpos = np.broadcast_to(np.arange(len(q))[:, None], i.shape)[i >= 0]
@@ -141,17 +142,17 @@ def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tu
         qi, rows = ix.range_search(q, c1 - ix.error)
         ok2 = (np.einsum("ij,ij->i", x[qi], x[rows]) >= c1) & (qi != rows)
         found = np.minimum(np.bincount(qpos[ok], minlength=len(q)), k)
-        return (found, set(zip(a[ok].tolist(), b[ok].tolist())),
+        ranged = np.bincount(np.searchsorted(q, qi[ok2]), minlength=len(q))
+        return (found, ranged, set(zip(a[ok].tolist(), b[ok].tolist())),
                 set(zip(qi[ok2].tolist(), rows[ok2].tolist())))
 
-    _, ek, er = pairs(candidate_search(x, "exact", precision="fp32"))
-    have = np.bincount(np.searchsorted(q, [a for a, _ in er]), minlength=len(q))
+    _, have, ek, er = pairs(candidate_search(x, "exact", precision="fp32"))
     need = np.minimum(have, k)
     ivf = candidate_search(x, "ivf", nlist, max(nprobes), precision=precision)
     out = {}
     for p in nprobes:
         ivf.nprobe = max(1, min(p, ivf.nlist))
-        found, ik, ir = pairs(ivf)
+        found, _, ik, ir = pairs(ivf)
         out[p] = {"queries": len(q), "knn_needed": int(need.sum()),
                   "knn": round(float(np.minimum(found, need).sum() / max(need.sum(), 1)), 5),
                   "knn_pairs": len(ek), "knn_same_items": round(len(ek & ik) / max(len(ek), 1), 5),
@@ -176,10 +177,10 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     components, see `_link`), an edge still unseen has both ends saturated and matters only if
     it leaves a component, so each later round asks every saturated item again, among the
     saturated items outside its own component (per-query exclusions in the list scan,
-    engine/index/neighbours.py).  Known non-edges (failed level-1 or
-    level-2) are asked for on top, so every round either finishes an item or settles at least
-    its `k` new pairs (k doubles for an item each round it stays saturated); rounds repeat
-    until no item is saturated.  Why this is exact on a flat index: for an unseen edge (i, j)
+    engine/index/neighbours.py).  Known non-edges (failed level-1 or level-2) are asked for on
+    top, so every round either finishes an item or settles at least its `k` new pairs (k
+    doubles for an item each round it stays saturated); rounds repeat until no item is
+    saturated.  Why this is exact on a flat index: for an unseen edge (i, j)
     take the end finished first, say j in round r; its last search covered every saturated
     item outside its component, so i was finished before r (then the same argument applies
     to i, with the earlier round) or was in j's component (already joined).
@@ -190,9 +191,8 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     docs/benchmarks.md); each IVF search scans ~nprobe * N / nlist vectors, all the queries of
     a batch that probe a list in one matrix product.  ``level1(i, j)`` gives exact level-1
     scores (used for pairs within `slack` of c1, at least the scan's `error`: 0.012 for its
-    bf16 products; the scan's inner products decide the rest),
-    ``level2(i, j)`` which pairs i < j pass level-2 (>= c2).  Components do not depend on the
-    order pairs are met.
+    bf16 products; the scan's inner products decide the rest), ``level2(i, j)`` which pairs
+    i < j pass level-2 (>= c2).  Components do not depend on the order pairs are met.
     """
     import time
 

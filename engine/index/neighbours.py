@@ -90,10 +90,10 @@ class ListScan:
         order = np.argsort(flat, kind="stable")
         return order // self.nprobe, np.searchsorted(flat[order], np.arange(self.nlist + 1))
 
-    def _plan(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    def _plan(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
         """Query positions by probed list, their boundaries, and the work units (list, first
         and end item) with queries: a list longer than _COLS is cut into column blocks."""
-        qpos, qlims = self._buckets(self.x[q])
+        qpos, qlims = self._buckets(xq)
         units = []
         for li in np.nonzero(np.diff(qlims))[0].tolist():
             for a in range(int(self.lims[li]), int(self.lims[li + 1]), _COLS):
@@ -137,8 +137,9 @@ class ListScan:
         threads (2,843 against 2,397 queries/s measured at 1,000,000 items, bf16, nprobe 128)."""
         import torch
 
-        qpos, qlims, units = self._plan(q)
-        xq = torch.from_numpy(self.x[q]).to(self.dtype)
+        xq_np = self.x[q]                     # gathered once: 64 MB for a batch of 65,536 queries
+        qpos, qlims, units = self._plan(xq_np)
+        xq = torch.from_numpy(xq_np).to(self.dtype)
         qroot = roots[q] if roots is not None else None
         threads = max(1, min(torch.get_num_threads(), len(units)))
         if threads == 1:

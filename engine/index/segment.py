@@ -67,7 +67,7 @@ def block_sums(rows: np.ndarray) -> np.ndarray:
 
 
 def _digest(sums: np.ndarray) -> int:
-    return int.from_bytes(hashlib.blake2b(sums.tobytes(), digest_size=8).digest(), "little")
+    return int(_digests(sums.reshape(1, -1))[0])
 
 
 def row_checksum(*parts: np.ndarray) -> int:
@@ -152,7 +152,8 @@ class PreparedBatch:
 
 
 def _digests(sums: np.ndarray) -> np.ndarray:
-    """`_digest` of every row of block sums [n, blocks], as uint64 [n]."""
+    """blake2b-64 (little-endian) of every row of block sums [n, blocks], as uint64 [n]: the
+    one digest of `row_checksum`, for many rows in one tight loop."""
     buf = np.ascontiguousarray(sums, dtype=np.uint64).tobytes()
     w = sums.shape[1] * 8
     b2 = hashlib.blake2b
@@ -456,7 +457,7 @@ class SegmentReader:
             raise IndexCorruptError(root / seg.ids.name, f"corrupt id table ({e})") from None
         try:
             self.ids: list[str] = cols["id"]          # the other columns are not kept in memory
-            self.row_sum: list[int] = cols["row_sum64"]
+            self.row_sum = np.array(cols["row_sum64"], dtype=np.uint64)    # compared as one array
         except (KeyError, TypeError) as e:
             raise IndexCorruptError(root / seg.ids.name, f"corrupt id table (missing column {e})") from None
         self.row_shape = stored_row_shape(store, params)
@@ -496,9 +497,7 @@ class SegmentReader:
         The digests come from one bytes object in a tight loop and are compared as one array:
         this runs beside torch's import (`open_ahead`), where every Python-level step per row
         waits for the GIL."""
-        got = _digests(block_sums(rows))
-        want = np.fromiter((self.row_sum[i] for i in idx.tolist()), np.uint64, len(idx))
-        return np.nonzero(got != want)[0].astype(np.int64)
+        return np.nonzero(_digests(block_sums(rows)) != self.row_sum[idx])[0].astype(np.int64)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Store rows `idx` (sorted, unique), each checked against its checksum.
