@@ -1,13 +1,16 @@
 """Device selection and float settings shared by the kernels.
 
 torch is imported only when a torch device is needed: ``device_kind`` answers "cpu" without
-it wherever no GPU driver is present, so CPU hashing (numpy kernels) starts without torch.
+it wherever no GPU driver is present, so CPU hashing and CPU queries (numpy kernels) start
+without torch.  ``blas_threads`` keeps numpy's BLAS to one thread inside scans that run a
+worker per core.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +39,17 @@ def device_kind(device: "str | torch.device | None" = "auto") -> str:
     return resolve_device(device).type
 
 
+def query_device(device: "str | torch.device | None" = "auto") -> "str | torch.device":
+    """`resolve_device`, except that a CPU answer reached without torch stays the string "cpu"
+    (which torch takes wherever it takes a device): CPU queries and scores never import torch."""
+    return "cpu" if device_kind(device) == "cpu" else resolve_device(device)
+
+
+def device_type(device: "str | torch.device") -> str:
+    """'cpu', 'cuda', ... of a torch device or a device name ("cpu", "cuda:1")."""
+    return device.partition(":")[0] if isinstance(device, str) else device.type
+
+
 def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     """'auto' -> cuda when available, else cpu; explicit 'cuda' without CUDA is an error."""
     import torch
@@ -56,3 +70,19 @@ def strict_float() -> None:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+
+
+_BLAS: list = []
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """At most `n` threads in the BLAS numpy (and faiss) loaded, for the duration: a CPU scan runs one
+    worker thread per core, each making many small products, and OpenBLAS's own threads on top
+    of them spin-wait for a core (measured 1.5x the whole `vmatch query` time on 2 cores,
+    docs/benchmarks.md).  Process-wide while it lasts (threadpoolctl), restored afterwards."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+        _BLAS.append(ThreadpoolController())
+    with _BLAS[0].limit(limits=n, user_api="blas"):
+        yield

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from kernels.params import DEFAULT_PARAMS, TmkParams
-from kernels.tmk import TWO_PI
-
-#: Grid points per period for the coarse pass of the level-2 offset search.
-DEFAULT_GRID = 256
+# The torch-free pieces (tables, block dot products, norms, bounds) live with the numpy kernel
+# and are shared by this one: a CPU query never imports torch (kernels/score_np.py).
+from kernels.score_np import (BOUND_SLACK, DEFAULT_GRID, HEAD_MARGIN, block_norms, head_bound,  # noqa: F401
+                              head_may_reach, needle_block_dots, offset_tables)
+from kernels.score_np import block_weights as _np_block_weights
 
 
 def level1(a_avg: torch.Tensor, b_avg: torch.Tensor) -> torch.Tensor:
@@ -91,101 +92,12 @@ def pair_coeffs_blocks(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _block_weights(n_cos: torch.Tensor, n_sin: torch.Tensor) -> np.ndarray:
     """The needle as one [d, 2] (cos, sin) matrix per (period, coefficient) block: [P m, d, 2]."""
-    p, m, d = n_cos.shape
-    return np.ascontiguousarray(torch.stack([n_cos, n_sin], -1).reshape(p * m, d, 2).numpy())
-
-
-_BUF_BYTES = 1 << 20
-
-
-def needle_block_dots(w: np.ndarray, cand: np.ndarray, scales: np.ndarray | None, js: range,
-                      idx: np.ndarray | None = None) -> np.ndarray:
-    """Dot products of one needle with coefficient blocks `js` of the candidates, on CPU.
-
-    w: `_block_weights` of the needle; cand [B,2,P,m,d] float32, float16 or int8 (then scales
-    [B,2,P,m] float32, value = scale * q); idx: only these candidates (default all B).  Returns
-    [2, P, len(js), K, 2]: [side of the candidate (cos, sin), period, block, candidate, side of
-    the needle (cos, sin)], i.e. [0,...,0] = CC, [0,...,1] = SC, [1,...,0] = CS, [1,...,1] = SS.
-
-    Only blocks `js` of the candidates are read, never whole rows: a batch of widened fp32
-    rows would be 4x (int8) or 2x (fp16) the bytes read; the int8 scale is applied to the two
-    dot products of each block afterwards (s (q . u) = (s q) . u).
-    """
-    nb, _, p, m, d = cand.shape
-    k = nb if idx is None else len(idx)
-    nj = len(js)
-    res = np.empty((2, p, nj, k, 2), np.float32)
-    if cand.dtype == np.float32 and idx is None:
-        # every candidate: the product reads the strided blocks directly (measured fastest)
-        for side in range(2):
-            for i in range(p):
-                for t, j in enumerate(js):
-                    np.matmul(cand[:, side, i, j], w[i * m + j], out=res[side, i, t])
-    else:
-        # Per (side, period), a run of up to `chunk` blocks of the candidates is gathered and
-        # widened by torch (one call, F16C for float16, vectorised int8) into a small
-        # cache-resident float32 buffer, then multiplied block by block.
-        chunk = max(1, min(nj, _BUF_BYTES // max(1, k * d * 4)))
-        buf = torch.empty((k, chunk, d), dtype=torch.float32)
-        src = torch.from_numpy(cand)
-        it = None if idx is None else torch.from_numpy(np.asarray(idx, dtype=np.int64))
-        bn = buf.numpy()
-        for side in range(2):
-            for i in range(p):
-                for c0 in range(0, nj, chunk):
-                    c1 = min(nj, c0 + chunk)
-                    view = src[:, side, i, js.start + c0:js.start + c1]
-                    buf[:, :c1 - c0].copy_(view if it is None else view.index_select(0, it))
-                    for t in range(c0, c1):
-                        np.matmul(bn[:, t - c0], w[i * m + js.start + t], out=res[side, i, t])
-    if scales is not None:
-        sc = scales[:, :, :, js.start:js.stop] if idx is None else scales[idx][:, :, :, js.start:js.stop]
-        res *= sc.transpose(1, 2, 3, 0)[..., None]
-    return res
-
-
-def coeffs_from_dots(dots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`needle_block_dots` of all m blocks -> K0 [B,P], A, B [B,P,m-1] (as needle_coeffs)."""
-    cc, sc = dots[0, ..., 0], dots[0, ..., 1]        # [P, m, B]
-    cs, ss = dots[1, ..., 0], dots[1, ..., 1]
-    k0 = torch.from_numpy(np.ascontiguousarray(cc[:, 0].T))
-    a = torch.from_numpy(np.ascontiguousarray((cc + ss)[:, 1:].transpose(2, 0, 1)))
-    b = torch.from_numpy(np.ascontiguousarray((sc - cs)[:, 1:].transpose(2, 0, 1)))
-    return k0, a, b
-
-
-def needle_coeffs_lowp(n_cos: torch.Tensor, n_sin: torch.Tensor, cand: np.ndarray, scales: np.ndarray | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`needle_coeffs` on CPU straight from a low-precision store: cand [B,2,P,m,d] float16 or
-    int8 (then scales [B,2,P,m] float32, value = scale * q), one block at a time
-    (`needle_block_dots`)."""
-    m = n_cos.shape[1]
-    return coeffs_from_dots(needle_block_dots(_block_weights(n_cos, n_sin), cand, scales, range(m)))
-
-
-def block_norms(rows: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
-    """Per row and (period, coefficient) block, the norm of the 2d vector [cos_j ; sin_j]:
-    rows [B,2,P,m,d] (float32, float16, or int8 q with scales [B,2,P,m]) -> [B,P,m] float32.
-
-    Computed in float64 and rounded up, so it is never below the norm of the stored values:
-    what `TmkScorer.head_may_reach` needs.  Compute it once per row (at ingest or when a bank
-    is loaded) and keep it beside the rows (512 bytes a row for the defaults)."""
-    x = np.asarray(rows)
-    out = np.empty((x.shape[0], *x.shape[2:4]), np.float32)
-    for s in range(0, len(x), 64):           # 64 rows at a time: small float64 temporaries
-        c = x[s:s + 64]
-        sq = np.einsum("bspjd,bspjd->bspj", c, c, dtype=np.float64) if c.dtype != np.int8 else \
-            np.einsum("bspjd,bspjd->bspj", c.astype(np.int32), c.astype(np.int32)).astype(np.float64)
-        if scales is not None:
-            sq = sq * np.square(scales[s:s + 64].astype(np.float64))
-        nrm = np.sqrt(sq.sum(1)).astype(np.float32)
-        out[s:s + 64] = np.nextafter(nrm, np.float32(np.inf)) * (nrm > 0)
-    return out
+    return _np_block_weights(n_cos.cpu().numpy(), n_sin.cpu().numpy())
 
 
 def needle_norms(n_cos: torch.Tensor, n_sin: torch.Tensor) -> np.ndarray:
     """`block_norms` of one needle [P,m,d] (cos, sin) -> [P,m]."""
-    return block_norms(torch.stack([n_cos, n_sin]).unsqueeze(0).numpy())[0]
+    return block_norms(torch.stack([n_cos, n_sin]).unsqueeze(0).cpu().numpy())[0]
 
 
 def pair_coeffs_matrix(a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Tensor, b_sin: torch.Tensor
@@ -211,26 +123,6 @@ class _PeriodTables:
     h2: float                # (W in radians)^2
 
 
-def head_bound(head: np.ndarray, n_norms: np.ndarray, c_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(H_i + T_i, S_i) of `TmkScorer.head_may_reach` per period and candidate, [P,B] float32 each:
-    the upper bound on max_o K_i(o) from the first J blocks `head` [2,P,J,B,2] and the block
-    norms, and the round-off scale S_i = sum_j ||u_j|| ||v_j||."""
-    cc, sc = head[0, ..., 0], head[0, ..., 1]                                # [P, J, B]
-    cs, ss = head[1, ..., 0], head[1, ..., 1]
-    nj = head.shape[2]
-    hb = np.abs(cc[:, 0]) + np.sqrt(np.square(cc[:, 1:] + ss[:, 1:]) + np.square(sc[:, 1:] - cs[:, 1:])).sum(1)
-    nn = n_norms.astype(np.float32)
-    tail = np.einsum("bpj,pj->pb", c_norms[:, :, nj:], nn[:, nj:])
-    return hb + tail, np.einsum("bpj,pj->pb", c_norms, nn)
-
-
-#: Absolute margin of the head-first bound, in units of S_i (`TmkScorer.head_may_reach`).
-HEAD_MARGIN = 1e-4
-
-#: Relative slack on the level-2 upper bound, far above float32 round-off of the coefficients.
-BOUND_SLACK = 1e-4
-
-
 class TmkScorer:
     """Level-2 scorer with precomputed trig tables for one parameter set and device."""
 
@@ -241,21 +133,11 @@ class TmkScorer:
         m = params.num_coeffs
         j = torch.arange(1, m, dtype=torch.float64)
         self._j2 = (j * j).to(self.device, dtype)
-        grid = min([grid, *params.periods])
-        self.grid = grid
-        self.tables: list[_PeriodTables] = []
-        # Per period: W = [C; S] (cos / sin of j * delta_g) so that [A, B] @ W = K - K0 on the grid.
-        grid_cs = torch.empty((params.num_periods, 2 * (m - 1), grid), dtype=torch.float64)
-        for i, period in enumerate(params.periods):
-            off = torch.round(torch.arange(grid, dtype=torch.float64) * period / grid).long()
-            ang_g = j.view(-1, 1) * (TWO_PI * off.double() / period).view(1, -1)
-            grid_cs[i] = torch.cat([torch.cos(ang_g), torch.sin(ang_g)], 0)
-            width = int(torch.diff(torch.cat([off, off[:1] + period])).max())
-            ang_l = j.view(-1, 1) * (TWO_PI * torch.arange(width + 1, dtype=torch.float64) / period).view(1, -1)
-            self.tables.append(_PeriodTables(off.to(self.device), width,
-                                             torch.cat([torch.cos(ang_l), torch.sin(ang_l)], 0).to(self.device, dtype),
-                                             (TWO_PI * width / period) ** 2))
-        self._grid_cs = grid_cs.to(self.device, dtype)
+        # the numpy kernel's tables (float64), so both kernels search the same grid
+        self.grid, grid_cs, tabs = offset_tables(params, grid)
+        self.tables = [_PeriodTables(torch.from_numpy(t.grid_off).to(self.device), t.width,
+                                     torch.from_numpy(t.loc).to(self.device, dtype), t.h2) for t in tabs]
+        self._grid_cs = torch.from_numpy(grid_cs).to(self.device, dtype)
         self._h2 = torch.tensor([t.h2 for t in self.tables], dtype=dtype, device=self.device).view(-1, 1, 1)
 
     def kernel_max(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,31 +204,9 @@ class TmkScorer:
         return (bound * (1 + BOUND_SLACK) >= c2 * self.z).nonzero().flatten()
 
     def head_may_reach(self, head: np.ndarray, n_norms: np.ndarray, c_norms: np.ndarray, c2: float) -> np.ndarray:
-        """Which candidates may reach level-2 `c2`, from their first J coefficient blocks only.
-
-        head: `needle_block_dots` of blocks 0..J-1 [2,P,J,B,2]; n_norms [P,m], c_norms [B,P,m]:
-        `block_norms` of the needle and of the candidates.  Returns a bool mask [B].
-
-        Proof that a rejected candidate has level-2 < c2.  Write u_j = [C^a_j ; S^a_j] (needle)
-        and v_j = [C^b_j ; S^b_j] (candidate), 2d-vectors.  For any angle t,
-        A_j cos t + B_j sin t = C^a.(C^b cos t - S^b sin t) + S^a.(S^b cos t + C^b sin t)
-        = u_j . R_t v_j, where R_t rotates each (cos, sin) coordinate pair of v_j by t, so
-        ||R_t v_j|| = ||v_j|| and, by Cauchy-Schwarz, |A_j cos t + B_j sin t| <= ||u_j|| ||v_j||;
-        also <= |z_j| = sqrt(A_j^2 + B_j^2).  Hence for every offset o of period i
-            K_i(o) <= |K0| + sum_{1<=j<J} |z_j| + sum_{j>=J} ||u_j|| ||v_j||  =: H_i + T_i,
-        and level-2 = max_i max_o K_i(o) / Z <= max_i (H_i + T_i) / Z.  Round-off: each computed
-        block dot product differs from the exact one of the stored values by at most
-        gamma_d ||x|| ||y|| (gamma_256 < 1.6e-5), so a computed A_j, B_j (two of them summed)
-        and |z_j| by at most 4e-5 ||u_j|| ||v_j||, and the kernel's float32 offset search adds at
-        most ~(m + 8) 2^-24 (|K0| + sum |z_j|) <= 3e-6 S_i, S_i = sum_j ||u_j|| ||v_j||; the norms
-        are rounded up (`block_norms`) and the bound itself is evaluated in float32 (sums of at
-        most m terms, error < 2e-6 S_i).  So with the margin M_i = 1e-4 S_i (twice the total), a
-        candidate with H_i + T_i + M_i < c2 Z for every period has exact and computed level-2
-        below c2: it is rejected; the others go on to the full computation (NaN never rejects).
-        """
-        bound, total = head_bound(head, n_norms, c_norms)
-        reject = np.all(bound + HEAD_MARGIN * total < c2 * self.z, axis=0)
-        return ~reject
+        """Which candidates may reach level-2 `c2` from their first blocks (the bound and its
+        proof: kernels/score_np.py `head_may_reach`)."""
+        return head_may_reach(head, n_norms, c_norms, c2, self.z)
 
     def level2_pruned(self, k0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c2: float | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -61,7 +61,7 @@ from engine.index import VideoIndex  # noqa: E402
 from engine.index.segment import unit_average  # noqa: E402
 from engine.synthetic import mixed_strengths, perturb_rows  # noqa: E402
 from engine.tmkfile import iter_tmk_paths, read_many, to_bytes  # noqa: E402
-from kernels.device import resolve_device  # noqa: E402
+from kernels.device import device_type, resolve_device  # noqa: E402
 
 #: Reference tmk-query on the 2-core CI machine (shared/reference/threatexchange/README.md):
 #: fallback only, when the reference tools cannot be run side by side.
@@ -158,11 +158,11 @@ def needles_from(ix: VideoIndex, rows_of, near_ids: np.ndarray, far_ids: np.ndar
 
 
 def timed_query(ix: VideoIndex, needles: list[TmkFeatures], c1: float, c2: float) -> dict[str, float]:
-    if ix.device.type == "cuda":
+    if device_type(ix.device) == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     res = ix.query(needles, c1, c2)
-    if ix.device.type == "cuda":
+    if device_type(ix.device) == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     st = ix.last_stats

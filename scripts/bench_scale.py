@@ -338,7 +338,7 @@ def bench_level2(args) -> dict:
     rows = np.stack([np.stack([f.cos, f.sin]) for f in feats])
     needle = bases[0]
     scorer = PairScorer(needle.params, torch.device("cpu"))
-    n_cos, n_sin = torch.from_numpy(needle.cos[None]), torch.from_numpy(needle.sin[None])
+    n_cos, n_sin = needle.cos[None], needle.sin[None]
     out: dict = {"pairs": n, "near_fraction": args.near_fraction, "torch_threads": 1}
     stores = {"fp32": rows, "fp16": rows.astype(np.float16), "int8": int8.quantize(rows)}
     # block norms as kept beside the rows (computed once at ingest, not timed): head-first reads
@@ -357,11 +357,8 @@ def bench_level2(args) -> dict:
                         part = data[s:s + 512]
                         k = len(part)
                         nb = None if nrm is None else nrm[s:s + 512]
-                        if name == "fp32":
-                            r = scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k),
-                                             torch.from_numpy(part), c2, nb)
-                        else:
-                            r = scorer.score_raw(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2, nb)
+                        # rows as the index reads them (numpy, scored where they lie: kernels/score_np.py)
+                        r = scorer.score(n_cos, n_sin, np.zeros(k, np.int64), np.arange(k), part, c2, nb)
                         results[(c2, name, head_first, s)] = r
                     return time.perf_counter() - t0, time.process_time() - c0
                 once()

@@ -90,22 +90,26 @@ _C1_ALL = -1.0 + 1e-4
 
 
 def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None:
-    """Read the index while torch imports (about 1.5 s of one core, most of which holds the GIL;
-    reading, checksums and page faults do not): the index module is imported in a thread, and
-    meanwhile this thread opens every segment, reads its ids and level-1 vectors and, when c1
-    lets every row through (so every row will be scored), verifies every live row, faulting
-    its pages in (engine/index/segment.py `open_ahead`).  The index adopts that work; anything
-    that failed is met again and reported in its usual place."""
+    """Read the index while the index module imports in a thread: this thread opens every
+    segment and reads its ids and level-1 vectors (engine/index/segment.py `open_ahead`).  On a
+    GPU, where torch's import takes seconds of one core (mostly holding the GIL; reading,
+    checksums and page faults do not), it also verifies every live row when c1 lets every row
+    through (so every row will be scored), faulting its pages in.  On CPU the query imports no
+    torch and its level-2 workers verify the rows they read on every core, so that is left to
+    them.  The index adopts that work; anything that failed is met again and reported in its
+    usual place."""
     from engine.errors import VmatchError
     from engine.index.manifest import read_manifest
     from engine.index.segment import open_ahead
+    from kernels.device import device_kind
 
     with importing("engine.index.index"):
         try:
             root = Path(args.index)
             m = read_manifest(root)
+            on_gpu = device_kind(args.device or ic["device"]) != "cpu"
             open_ahead(root, [s for shard in m.segments for s in shard], m.params, m.store, ic["verify_reads"],
-                       precheck_all=c1 <= _C1_ALL)
+                       precheck_all=c1 <= _C1_ALL and on_gpu)
         except (VmatchError, OSError, ValueError):
             pass
 

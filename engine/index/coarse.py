@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
-import torch
+
+from kernels.device import device_type
 
 if TYPE_CHECKING:   # faiss is imported where an index is built: a query at --c1 -1 never needs it
     import faiss
+    import torch
 
 #: Candidates are searched down to threshold - SLACK, then filtered exactly.
 SLACK = 1e-4
@@ -102,12 +104,16 @@ class GrowingKnn:
 class TorchScan:
     """Exact threshold scan on a torch device: unit vectors resident, products in chunks."""
 
-    def __init__(self, vectors: np.ndarray, device: torch.device, chunk: int = 1 << 18) -> None:
+    def __init__(self, vectors: np.ndarray, device: "torch.device", chunk: int = 1 << 18) -> None:
+        import torch
+
         self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)
         self.device, self.chunk = device, chunk
         self.ntotal = len(vectors)
 
     def search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
         pairs = []
         for s in range(0, self.ntotal, self.chunk):
@@ -154,11 +160,11 @@ def ivf_lists(trained: bytes, vectors: np.ndarray) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-def build_searcher(kind: str, vectors: np.ndarray, device: torch.device, trained: bytes | None = None,
+def build_searcher(kind: str, vectors: np.ndarray, device: "str | torch.device", trained: bytes | None = None,
                    segment_ivfs: Sequence[tuple[bytes, int]] = (), nprobe: int = 16) -> Coarse:
     """The searcher of one shard. ``segment_ivfs``: (serialised lists, first shard row) per segment."""
     if kind == "flat" or trained is None:
-        if device.type == "cuda":
+        if device_type(device) == "cuda":
             return TorchScan(vectors, device)
         return LazyFlat(vectors)
     import faiss
@@ -168,7 +174,7 @@ def build_searcher(kind: str, vectors: np.ndarray, device: torch.device, trained
         index.merge_from(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), first)
     index.nprobe = min(nprobe, index.nlist)
     cpu = FaissRange(index)
-    if device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+    if device_type(device) == "cuda" and hasattr(faiss, "StandardGpuResources"):
         res = faiss.StandardGpuResources()
         gpu = faiss.index_cpu_to_gpu(res, device.index or 0, index)
         gpu.res_ref = res  # keep the resources alive with the index
@@ -229,7 +235,7 @@ class Appended:
         return _csr([np.concatenate(f) for f in found])
 
 
-def appended(searcher: Coarse, rows: np.ndarray, device: torch.device) -> Coarse:
+def appended(searcher: Coarse, rows: np.ndarray, device: "str | torch.device") -> Coarse:
     """A flat searcher over `rows` (the old searcher's rows plus new ones after them) without
     rebuilding: new rows are scanned exactly until they are a quarter of the base, then the
     base is rebuilt over all rows (amortised O(1) copies per row)."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from engine.features import Signatures, TmkFeatures
 from engine.index import borders as borders_mod
@@ -33,6 +32,9 @@ from engine.index.writer import LOCK_NAME, IndexWriter, create_index
 from engine.progress import ProgressFn
 from kernels.params import DEFAULT_PARAMS, TmkParams
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["VideoIndex", "Match", "QueryStats", "shard_of", "LOCK_NAME", "EXACT_CLUSTER_LIMIT"]
 # the classes that used to live here, for code importing them from this module
 _MOVED = (_MemoryShard, _Shard, _ShardBase, _Needles, _Pairs)
@@ -41,7 +43,7 @@ _MOVED = (_MemoryShard, _Shard, _ShardBase, _Needles, _Pairs)
 class VideoIndex:
     """Create with `VideoIndex.create`, open with `VideoIndex(path)`; see module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], device: str | torch.device = "auto",
+    def __init__(self, path: str | os.PathLike[str], device: "str | torch.device" = "auto",
                  verify_reads: bool = True, batch_rows: int = 0, nprobe: int | None = None,
                  grid: int | None = None, prefetch: int = 2) -> None:
         view = IndexSnapshot.open(path, device, verify_reads, batch_rows, nprobe, grid, prefetch, load=False)
@@ -58,8 +60,8 @@ class VideoIndex:
         return cls(create_index(path, shards, coarse, store, params, ivf_nlist, ivf_nprobe), **open_kw)
 
     @classmethod
-    def in_memory(cls, ids: Sequence[str], unit_averages: np.ndarray, rows: torch.Tensor,
-                  params: TmkParams = DEFAULT_PARAMS, device: str | torch.device = "auto",
+    def in_memory(cls, ids: Sequence[str], unit_averages: np.ndarray, rows: "torch.Tensor",
+                  params: TmkParams = DEFAULT_PARAMS, device: "str | torch.device" = "auto",
                   batch_rows: int = 4096) -> "VideoIndex":
         """A read-only index over a bank already in memory (`IndexSnapshot.in_memory`)."""
         self = cls.__new__(cls)
@@ -91,7 +93,8 @@ class VideoIndex:
         return self._view.root
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> "str | torch.device":
+        """"cpu" (CPU queries run in numpy, without torch) or the torch device queries run on."""
         return self._view.device
 
     @property

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from engine.index import coarse as coarse_mod
 from engine.index.manifest import Manifest
 from engine.index.segment import SegmentReader, read_checked
-from kernels.score import block_norms
+from kernels.score_np import block_norms
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["shard_of"]
 
@@ -38,14 +40,14 @@ class _ShardBase:
     def live_rows(self) -> np.ndarray:
         return np.nonzero(~self.deleted)[0]
 
-    def rows(self, rows: np.ndarray) -> np.ndarray | torch.Tensor:
+    def rows(self, rows: np.ndarray) -> "np.ndarray | torch.Tensor":
         raise NotImplementedError
 
 
 class _MemoryShard(_ShardBase):
     """A bank held in memory (e.g. GPU-resident float16 rows): same queries, no files."""
 
-    def __init__(self, ids: Sequence[str], l1: np.ndarray, rows: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, ids: Sequence[str], l1: np.ndarray, rows: "torch.Tensor", device: Any) -> None:
         self.ids, self.l1, self._rows = list(ids), np.ascontiguousarray(l1, dtype=np.float32), rows
         self.n = len(self.ids)
         self.first = np.array([0, self.n], dtype=np.int64)
@@ -53,7 +55,9 @@ class _MemoryShard(_ShardBase):
         self.searcher = coarse_mod.build_searcher("flat", self.l1, device)
         self._norms: np.ndarray | None = None
 
-    def rows(self, rows: np.ndarray) -> torch.Tensor:
+    def rows(self, rows: np.ndarray) -> "torch.Tensor":
+        import torch
+
         if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
             return self._rows[int(rows[0]):int(rows[0]) + len(rows)]   # consecutive: a view, no copy
         return self._rows[torch.from_numpy(rows).to(self._rows.device)]
@@ -71,7 +75,7 @@ class _MemoryShard(_ShardBase):
 class _Shard(_ShardBase):
     """Read-only view of one shard at one manifest: segments, row offsets, tombstones, searcher."""
 
-    def __init__(self, root: Path, m: Manifest, sid: int, device: torch.device, verify_reads: bool,
+    def __init__(self, root: Path, m: Manifest, sid: int, device: Any, verify_reads: bool,
                  nprobe: int) -> None:
         segs = m.segments[sid]
         self.readers = [SegmentReader(root, s, m.params, m.store, verify_reads) for s in segs]
@@ -91,7 +95,7 @@ class _Shard(_ShardBase):
         self._l1buf = coarse_mod.GrowingRows.wrap(self.l1)
         self.built_from = [(s.name, len(s.deleted)) for s in segs]
 
-    def extended(self, root: Path, m: Manifest, sid: int, device: torch.device, verify_reads: bool,
+    def extended(self, root: Path, m: Manifest, sid: int, device: Any, verify_reads: bool,
                  nprobe: int) -> "_Shard | None":
         """This shard at manifest `m`, reusing what is loaded: None if `m` is not this shard's
         segments plus new ones (a compaction), or the index is IVF (its lists are rebuilt on load).

@@ -20,16 +20,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from engine.errors import check_compatible
 from engine.features import TmkFeatures
@@ -41,9 +41,12 @@ from engine.index.manifest import IndexCorruptError, IndexFormatError, Manifest,
 from engine.index.segment import read_checked, unit_average
 from engine.index.shards import _MemoryShard, _Shard, _ShardBase
 from engine.progress import ProgressFn
-from kernels.device import resolve_device, strict_float
+from kernels.device import blas_threads, device_type, query_device, strict_float
 from kernels.params import DEFAULT_PARAMS, TmkParams
-from kernels.score import level1
+from kernels.score_np import level1
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["IndexSnapshot", "Match", "QueryStats", "EXACT_CLUSTER_LIMIT"]
 
@@ -78,8 +81,8 @@ class QueryStats:
 class _Needles:
     names: list[str]
     unit: np.ndarray          # [Q, d] float32 unit averages
-    cos: torch.Tensor         # [Q, P, m, d] float32 on the device
-    sin: torch.Tensor
+    cos: Any                  # [Q, P, m, d] float32: numpy on CPU, a torch tensor on the device elsewhere
+    sin: Any
 
 
 @dataclass
@@ -107,7 +110,7 @@ _DIAGNOSTICS = frozenset({"last_stats", "last_cluster_stats"})
 class IndexSnapshot:
     """An immutable read view of one committed index state (see the module docstring)."""
 
-    def __init__(self, root: Path, manifest: Manifest, device: torch.device, *, verify_reads: bool = True,
+    def __init__(self, root: Path, manifest: Manifest, device: "str | torch.device", *, verify_reads: bool = True,
                  batch_rows: int = 0, nprobe: int | None = None, prefetch: int = 2, scorer: PairScorer | None = None,
                  grid: int | None = None, shard_index: int | None = None, memory: bool = False,
                  shards: list[_ShardBase] | None = None) -> None:
@@ -115,7 +118,9 @@ class IndexSnapshot:
         self.root, self.manifest, self.params, self.device = root, manifest, manifest.params, device
         self.verify_reads, self._nprobe, self.prefetch = verify_reads, nprobe, max(1, prefetch)
         #: Candidate rows per level-2 batch (0: 512 on CPU, 4096 on CUDA).
-        self.batch_rows = batch_rows or (4096 if device.type == "cuda" else 512)
+        #: "cpu" (a string: CPU queries run in numpy and never import torch) or a torch device.
+        self.device_type = device_type(device)
+        self.batch_rows = batch_rows or (4096 if self.device_type == "cuda" else 512)
         self._scorer = scorer or PairScorer(self.params, device, **({"grid": grid} if grid else {}))
         self._shard_index, self._memory = shard_index, memory
         self._loading = threading.Lock()
@@ -167,9 +172,9 @@ class IndexSnapshot:
                    shards=[_MemoryShard(ids, unit_averages, rows, dev)])
 
     @staticmethod
-    def _device(device: str | torch.device) -> torch.device:
-        dev = resolve_device(device)
-        if dev.type == "cuda":
+    def _device(device: "str | torch.device") -> "str | torch.device":
+        dev = query_device(device)
+        if device_type(dev) == "cuda":
             strict_float()
         return dev
 
@@ -335,7 +340,8 @@ class IndexSnapshot:
             si, r = where[item_id]
             sh = shards[si]
             row = sh.rows(np.array([r], dtype=np.int64))
-            row = self._scorer.rows_to_device(row).cpu().numpy()[0]
+            row = row[0].astype(np.float32) if isinstance(row, np.ndarray) and row.dtype != np.uint8 else \
+                self._scorer.rows_to_device(row).cpu().numpy()[0]
             frames = 0
             if isinstance(sh, _Shard):
                 seg, local = sh.locate(r)
@@ -362,8 +368,12 @@ class IndexSnapshot:
             check_compatible(self.params, f.params, f.name or "<needle>", "the index's")
         d = self.params.dim
         unit = np.stack([unit_average(f.avg) for f in feats]) if feats else np.zeros((0, d), np.float32)
-        cos = torch.from_numpy(np.stack([f.cos for f in feats])).to(self.device) if feats else torch.zeros(0)
-        sin = torch.from_numpy(np.stack([f.sin for f in feats])).to(self.device) if feats else torch.zeros(0)
+        shape = (0, self.params.num_periods, self.params.num_coeffs, d)
+        cos = np.stack([f.cos for f in feats]).astype(np.float32, copy=False) if feats else np.zeros(shape, np.float32)
+        sin = np.stack([f.sin for f in feats]).astype(np.float32, copy=False) if feats else np.zeros(shape, np.float32)
+        if self.device_type != "cpu":
+            import torch
+            cos, sin = torch.from_numpy(cos).to(self.device), torch.from_numpy(sin).to(self.device)
         return _Needles([f.name for f in feats], unit, cos, sin)
 
     def _level1(self, nd: _Needles, c1: float, chunk: int = 1 << 16) -> _Pairs:
@@ -383,9 +393,7 @@ class IndexSnapshot:
                 needle, rows = needle[keep], rows[keep]
             l1 = np.empty(len(rows), np.float32)
             for s in range(0, len(rows), chunk):
-                a = torch.from_numpy(nd.unit[needle[s:s + chunk]])
-                b = torch.from_numpy(sh.l1[rows[s:s + chunk]])
-                l1[s:s + chunk] = level1(a, b).numpy()
+                l1[s:s + chunk] = level1(nd.unit[needle[s:s + chunk]], sh.l1[rows[s:s + chunk]])
             keep = l1 >= c1
             parts.append(_Pairs(needle[keep], np.full(int(keep.sum()), si, np.int64), rows[keep], l1[keep]))
         return _Pairs.concat(parts)
@@ -415,26 +423,30 @@ class IndexSnapshot:
         # Widening buffers, one per batch in flight (prefetch being read, one being scored).
         p = self.params
         shape = (min(self.batch_rows, len(uniq)), 2, p.num_periods, p.num_coeffs, p.dim)
-        bufs = [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in range(self.prefetch + 1)] \
-            if self.manifest.store != "fp32" else [None] * (self.prefetch + 1)
-        # CPU from fp16/int8: score the rows as read, widening one block at a time (never whole rows)
-        raw = self.device.type == "cpu" and self.manifest.store != "fp32" and not self._memory
+        # CPU from the store: score the rows as read, in numpy, one coefficient block at a time
+        # (never widening whole rows; no torch)
+        raw = self.device_type == "cpu" and not self._memory
+        bufs: list[Any] = [None] * (self.prefetch + 1)
+        if not raw and self.manifest.store != "fp32":
+            import torch
+            bufs = [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in bufs]
 
-        def fetch(b: int) -> torch.Tensor | np.ndarray:
+        def fetch(b: int) -> Any:
             lo, hi = bounds[b], bounds[b + 1]
             rows = shards[ush[lo]].rows(urow[lo:hi])
-            if not raw and self.device.type == "cpu" and isinstance(rows, torch.Tensor) and rows.dtype == torch.float16:
+            if raw:
+                return rows
+            if self.device_type == "cpu" and getattr(rows, "dtype", None) is not None and str(rows.dtype) == "torch.float16":
                 return rows.numpy()      # an in-memory float16 bank on CPU: scored as read too
-            return rows if raw else self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
+            return self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
 
         def norms(b: int) -> np.ndarray | None:     # block norms where the shard keeps them: head first
             get = getattr(shards[ush[bounds[b]]], "block_norms", None)
             return None if get is None else get(urow[bounds[b]:bounds[b + 1]])
 
-        def score(rows: torch.Tensor | np.ndarray, needle: np.ndarray, slot_: np.ndarray,
-                  nrm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-            fn = self._scorer.score_raw if isinstance(rows, np.ndarray) else self._scorer.score  # as read / widened
-            return fn(nd.cos, nd.sin, needle, slot_, rows, c2, nrm)
+        def score(rows: Any, needle: np.ndarray, slot_: np.ndarray, nrm: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+            return self._scorer.score(nd.cos, nd.sin, needle, slot_, rows, c2, nrm)   # numpy rows: as read
 
         # The next batches are read (checksums fault the mapped pages in, float16 is widened) while
         # this one is scored.
@@ -443,9 +455,9 @@ class IndexSnapshot:
             with self._compute_threads():
                 l2[pos], offs[pos] = score(fetch(0), pairs.needle[pos], slot[pos], norms(0))
             return l2, offs
-        if self.device.type == "cpu" and (raw or self.manifest.store == "fp32") and not self._memory:
+        if raw:
             # CPU, rows scored where they lie (no widening buffers to share): each worker reads and
-            # scores whole batches with one torch thread, so every core scores (docs/benchmarks.md)
+            # scores whole batches (one BLAS thread each), so every core scores (docs/benchmarks.md)
             def job(b: int) -> None:
                 pos = order[starts[b]:starts[b + 1]]
                 l2[pos], offs[pos] = score(fetch(b), pairs.needle[pos], slot[pos] - firsts[b], norms(b))
@@ -468,11 +480,20 @@ class IndexSnapshot:
 
     @contextmanager
     def _compute_threads(self, workers: int = 0) -> Iterator[None]:
-        """On CPU, leave the prefetch workers their cores: torch's intra-op threads spin-wait, and
-        oversubscribing them made a 2-core scan 3-4x slower (docs/benchmarks.md).  ``workers``:
-        that many threads score at once, one torch thread each."""
+        """On CPU, leave the workers their cores: BLAS and torch intra-op threads spin-wait, and
+        oversubscribing them made a 2-core scan 1.5-4x slower (docs/benchmarks.md).  ``workers``:
+        that many threads score at once (numpy, one BLAS thread each); otherwise torch keeps
+        the cores the prefetch threads leave."""
+        if workers and self.device_type == "cpu":
+            with blas_threads(1):            # one BLAS thread per worker (kernels/device.py)
+                yield
+            return
+        torch = sys.modules.get("torch")      # numpy scoring (CPU) imports no torch: nothing to set
+        if torch is None:
+            yield
+            return
         before = torch.get_num_threads()
-        if self.device.type == "cpu":
+        if self.device_type == "cpu":
             torch.set_num_threads(1 if workers else max(1, min(before, (os.cpu_count() or 1) - self.prefetch)))
         try:
             yield
@@ -537,8 +558,7 @@ class IndexSnapshot:
         def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             out = np.empty(len(a), np.float32)
             for s in range(0, len(a), 1 << 16):
-                out[s:s + (1 << 16)] = level1(torch.from_numpy(vecs[a[s:s + (1 << 16)]]),
-                                              torch.from_numpy(vecs[b[s:s + (1 << 16)]])).numpy()
+                out[s:s + (1 << 16)] = level1(vecs[a[s:s + (1 << 16)]], vecs[b[s:s + (1 << 16)]])
             return out
 
         def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -559,6 +579,8 @@ class IndexSnapshot:
         Rows are gathered as stored (66 KB each for int8) into one buffer, then widened once into
         a second; both are reused across batches (`slot`), since fresh memory per batch costs a
         page fault per 4 KB, more than the copy itself."""
+        import torch
+
         shards = self._state()
         bufs = self.__dict__.setdefault("_fetch_bufs", {})
         p = self.params

@@ -13,3 +13,23 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA was requested"):
             resolve_device("cuda")
+
+
+def test_query_device_and_device_type_without_torch_on_cpu():
+    from kernels.device import device_type, query_device
+    assert query_device("cpu") == "cpu" and device_type("cpu") == "cpu" and device_type("cuda:1") == "cuda"
+    assert device_type(torch.device("cpu")) == "cpu"
+
+
+def test_blas_threads_limits_numpy_blas_and_restores_it():
+    import numpy as np
+    from threadpoolctl import ThreadpoolController
+
+    from kernels.device import blas_threads
+    np.ones((2, 2)) @ np.ones((2, 2))                     # numpy's BLAS loaded
+    ctl = ThreadpoolController()
+    before = [p["num_threads"] for p in ctl.info() if p["user_api"] == "blas"]
+    assert before
+    with blas_threads(1):
+        assert all(p["num_threads"] == 1 for p in ThreadpoolController().info() if p["user_api"] == "blas")
+    assert [p["num_threads"] for p in ThreadpoolController().info() if p["user_api"] == "blas"] == before

@@ -1,5 +1,5 @@
-"""A whole `vmatch query` process (issue 13): at --c1 -1 it reads the index while torch imports
-and never imports faiss; its output is the in-process query's."""
+"""A whole `vmatch query` process (issue 13): at --c1 -1 it never imports faiss, on CPU it never
+imports torch (numpy scoring, kernels/score_np.py); its output is the in-process query's."""
 from __future__ import annotations
 
 import json
@@ -33,13 +33,15 @@ def test_query_at_c1_minus_1_skips_faiss_and_prints_the_in_process_answer(tmp_pa
     ix = VideoIndex.create(root, shards=2, device="cpu")
     ix.add_paths(list(ref_tmks.values()))
     needle = ref_tmks["chair-19-sd-bar"]
+    from kernels.device import device_kind
+    gpu = device_kind("auto") != "cpu"        # only a GPU query needs torch
     res, out = _run("query", str(root), str(needle), "--c1", "-1", "--c2", "-1")
-    assert res == {"code": 0, "faiss": False, "torch": True, "ahead_left": 0}
+    assert res == {"code": 0, "faiss": False, "torch": gpu, "ahead_left": 0}
     want = [f"{m.level1:.6f}\t{m.level2:.6f}\t{m.needle}\t{m.id}"
             for m in VideoIndex(root, device="cpu").query([read_tmk(needle)], -1, -1)[0]]
     assert out.splitlines() == want and len(want) == len(ref_tmks)
     res, out = _run("query", str(root), str(needle), "--c1", "0.9", "--c2", "0.9")   # a search: faiss
-    assert res["code"] == 0 and res["faiss"] and res["ahead_left"] == 0
+    assert res["code"] == 0 and res["faiss"] and res["torch"] == gpu and res["ahead_left"] == 0
     assert 0 < len(out.splitlines()) < len(ref_tmks)
 
 
