@@ -85,7 +85,7 @@ def test_level1_matches_torch_including_zero_vectors():
     assert np.array_equal(np.isnan(got), ~ok) and np.abs(got[ok] - want[ok]).max() < 1e-6
 
 
-def test_low_precision_block_dots_widen_without_torch():
+def test_low_precision_block_dots_widen_without_torch(monkeypatch):
     c, s = _random_features(5, seed=2)
     rows = torch.stack([c, s], 1).numpy()                      # [B,2,P,m,d]
     w = score_np.block_weights(c[0].numpy(), s[0].numpy())
@@ -94,6 +94,13 @@ def test_low_precision_block_dots_widen_without_torch():
     sub = score_np.needle_block_dots(w, rows.astype(np.float16), None, range(3, 9), np.array([4, 1]))
     assert np.abs(half - full).max() < 2e-3
     assert np.array_equal(sub, half[:, :, 3:9][:, :, :, [4, 1]])
+    q = (rows * 100).astype(np.int8)
+    with_torch = [score_np.needle_block_dots(w, x, None, range(2, 7), i)
+                  for x in (rows.astype(np.float16), q) for i in (None, np.array([3, 0, 2]))]
+    monkeypatch.delitem(sys.modules, "torch")       # as in a process that never imported torch
+    without = [score_np.needle_block_dots(w, x, None, range(2, 7), i)
+               for x in (rows.astype(np.float16), q) for i in (None, np.array([3, 0, 2]))]
+    assert all(np.array_equal(a, b) for a, b in zip(with_torch, without))
 
 
 def test_the_numpy_kernel_imports_no_torch():
