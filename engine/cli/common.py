@@ -40,16 +40,17 @@ def import_heavy(module: str) -> ModuleType:
             gc.enable()
 
 
-def _import_quietly(module: str) -> None:
-    try:
-        import_heavy(module)
-    except BaseException:   # the caller imports it again and reports the failure itself
-        pass
+def _import_quietly(*modules: str) -> None:
+    for module in modules:
+        try:
+            import_heavy(module)
+        except BaseException:   # the caller imports it again and reports the failure itself
+            pass
 
 
 @contextmanager
-def importing(module: str) -> Iterator[None]:
-    """Import `module` (as `import_heavy`) in a thread while the block runs, joined when it ends:
+def importing(*modules: str) -> Iterator[None]:
+    """Import `modules` (as `import_heavy`, in order) in a thread while the block runs, joined when it ends:
     importing torch holds the GIL for most of its ~1.5 s of one core, while reading files,
     checksums and stat calls mostly do not, so the block's work runs on the other core.  The
     caller then imports the module itself (at once, or meeting the import's error itself).
@@ -59,7 +60,7 @@ def importing(module: str) -> Iterator[None]:
     20,000 `stat` calls took 1.9 s instead of 0.2 s at 5 ms, 0.6 s at 0.5 ms (loaded 2-core box)."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, 0.0005))
-    loader = threading.Thread(target=_import_quietly, args=(module,), name="vmatch-import", daemon=True)
+    loader = threading.Thread(target=_import_quietly, args=modules, name="vmatch-import", daemon=True)
     loader.start()
     try:
         yield

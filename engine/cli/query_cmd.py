@@ -84,6 +84,10 @@ def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float
     return cfg, ic, ic["c1"] if args.c1 is None else args.c1, ic["c2"] if args.c2 is None else args.c2
 
 
+#: engine/index/snapshot.py FP16_TORCH_ROWS (not imported from there: that module imports numpy and
+#: the index code, which the read-ahead runs beside); tests/engine/cli/test_query_process.py checks it.
+_FP16_TORCH_ROWS = 8192
+
 #: c1 at or below which every row passes level-1 (engine/index/coarse.py SLACK below -1; the
 #: index then searches nothing and scores every live row).
 _C1_ALL = -1.0 + 1e-4
@@ -91,25 +95,31 @@ _C1_ALL = -1.0 + 1e-4
 
 def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None:
     """Read the index while the index module imports in a thread: this thread opens every
-    segment and reads its ids and level-1 vectors (engine/index/segment.py `open_ahead`).  On a
-    GPU, where torch's import takes seconds of one core (mostly holding the GIL; reading,
-    checksums and page faults do not), it also verifies every live row when c1 lets every row
-    through (so every row will be scored), faulting its pages in.  On CPU the query imports no
-    torch and its level-2 workers verify the rows they read on every core, so that is left to
-    them.  The index adopts that work; anything that failed is met again and reported in its
-    usual place."""
+    segment and reads its ids and level-1 vectors (engine/index/segment.py `open_ahead`).  Where
+    the query will need torch (a GPU; a CPU scan of many float16 rows, which torch widens 5x
+    faster than numpy: engine/index/snapshot.py FP16_TORCH_ROWS), torch imports in that thread
+    too, taking seconds of one core (mostly holding the GIL; reading, checksums and page faults
+    do not), so this thread also verifies every live row when c1 lets every row through (so
+    every row will be scored), faulting its pages in.  Otherwise the query imports no torch and
+    its level-2 workers verify the rows they read on every core, so that is left to them.  The
+    index adopts that work; anything that failed is met again and reported in its usual place."""
     from engine.errors import VmatchError
     from engine.index.manifest import read_manifest
     from engine.index.segment import open_ahead
     from kernels.device import device_kind
 
-    with importing("engine.index.index"):
+    root = Path(args.index)
+    try:
+        m = read_manifest(root)
+    except (VmatchError, OSError, ValueError):
+        return                                    # met again, and reported, by the index
+    scan = c1 <= _C1_ALL
+    gpu = device_kind(args.device or ic["device"]) != "cpu"
+    torch = gpu or (scan and m.store == "fp16" and m.count >= _FP16_TORCH_ROWS)
+    with importing("engine.index.index", *(["torch"] if torch else [])):
         try:
-            root = Path(args.index)
-            m = read_manifest(root)
-            on_gpu = device_kind(args.device or ic["device"]) != "cpu"
             open_ahead(root, [s for shard in m.segments for s in shard], m.params, m.store, ic["verify_reads"],
-                       precheck_all=c1 <= _C1_ALL and on_gpu)
+                       precheck_all=scan and torch)
         except (VmatchError, OSError, ValueError):
             pass
 
