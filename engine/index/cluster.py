@@ -103,10 +103,11 @@ Level2Fn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int = 32, seed: int = 1234,
-                     precision: str = "bf16"):
+                     precision: str = "auto"):
     """The neighbour searcher over the unit level-1 vectors: one list (exact) or k-means lists
     (approximate, `nprobe` probed), engine/index/neighbours.py; scores in `precision`
-    (bf16: within `error` of exact, which callers rescore exactly)."""
+    (bf16: within `error` of exact, which callers rescore exactly; auto: bf16 where the CPU
+    multiplies it natively, else fp32)."""
     from engine.index.coarse import ivf_nlist
     from engine.index.neighbours import ListScan
 
@@ -116,7 +117,7 @@ def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int
 
 
 def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tuple[int, ...] = (128,), k: int = 16,
-                     sample: int = 2000, seed: int = 0, precision: str = "bf16") -> dict[int, dict[str, float | int]]:
+                     sample: int = 2000, seed: int = 0, precision: str = "auto") -> dict[int, dict[str, float | int]]:
     """IVF against exact (flat, float32) level-1 candidates, `sample` random items as queries, per nprobe.
 
     ``knn``: what round 1 of `cluster_pairs` links from.  A query needs min(k, its number of
@@ -163,7 +164,7 @@ def candidate_recall(vectors: np.ndarray, c1: float, nlist: int = 0, nprobes: tu
 def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: float,
                   kind: str = "exact", nlist: int = 0, nprobe: int = 32, query_batch: int = 1 << 16,
                   slack: float = 1e-4, hold_pairs: int = 1 << 21, progress: Callable[[int], None] | None = None,
-                  k: int = 16, heap_entries: int = 1 << 24, precision: str = "bf16"
+                  k: int = 16, heap_entries: int = 1 << 24, precision: str = "auto"
                   ) -> tuple[UnionFind, ClusterStats]:
     """Connected components of the graph of pairs passing level-1 >= c1 and level-2 >= c2.
 

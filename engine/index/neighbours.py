@@ -19,11 +19,27 @@ _BLOCK = 1 << 22
 _COLS = 1 << 14
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX).  Elsewhere torch
+    emulates it: on an AVX2-only 2-core machine a bf16 product ran at 0.5-2.4 GFLOP/s against
+    42-81 for float32 (docs/benchmarks.md), so "auto" takes float32 there."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 class ListScan:
     """k-NN by inner product over unit vectors `x` [n, d]: `nlist` k-means lists (1: exact).
 
     ``precision="bf16"`` computes the scores from bfloat16 copies (about 2.8x the float32
-    product rate on CPUs with bf16 instructions, and on GPUs): each score is then within
+    product rate on CPUs with bf16 instructions, and on GPUs; "auto": bf16 where the CPU has
+    them, `cpu_has_bf16`, else fp32): each score is then within
     `error` of the exact inner product (bf16 keeps 8 significant bits, u = 2^-8: inputs
     rounded, |x~.y~ - x.y| <= (2u + u^2)|x||y|; fp32 accumulation; the output rounded again,
     u|s|), so a caller keeps candidates down to c1 - error and rescores them exactly.
@@ -33,8 +49,11 @@ class ListScan:
                  train_per_list: int = 64, niter: int = 10, precision: str = "fp32") -> None:
         import torch
 
+        if precision == "auto":
+            precision = "bf16" if cpu_has_bf16() else "fp32"
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"unknown precision {precision!r} (expected fp32 or bf16)")
+            raise ValueError(f"unknown precision {precision!r} (expected fp32, bf16 or auto)")
+        self.precision = precision
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         u = 2.0 ** -8
         self.error = (2 * u + u * u) * (1 + u) + u * (1 + 2 * u) + 1e-4 if precision == "bf16" else 1e-4

@@ -102,3 +102,13 @@ def test_bf16_scores_stay_within_the_stated_error_and_find_the_same_items():
     db, ib = bf.search(q, 3000, 0.8 - bf.error)
     for a, b in zip(ie, ib):
         assert set(a[a >= 0].tolist()) <= set(b[b >= 0].tolist())
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it(monkeypatch):
+    x = _bank(n=200, d=16, seed=5)
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(nbm, "cpu_has_bf16", lambda: native)
+        assert ListScan(x, 1, 1, precision="auto").precision == want
+    with pytest.raises(ValueError, match="unknown precision"):
+        ListScan(x, 1, 1, precision="fp8")
+    assert isinstance(nbm.cpu_has_bf16(), bool)
