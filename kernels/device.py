@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
@@ -72,7 +73,10 @@ def strict_float() -> None:
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
 
 
-_BLAS: list = []
+@lru_cache(maxsize=1)
+def _blas_controller():   # found once per process: it walks the loaded libraries
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
 
 
 @contextmanager
@@ -81,8 +85,5 @@ def blas_threads(n: int) -> Iterator[None]:
     worker thread per core, each making many small products, and OpenBLAS's own threads on top
     of them spin-wait for a core (measured 1.5x the whole `vmatch query` time on 2 cores,
     docs/benchmarks.md).  Process-wide while it lasts (threadpoolctl), restored afterwards."""
-    if not _BLAS:
-        from threadpoolctl import ThreadpoolController
-        _BLAS.append(ThreadpoolController())
-    with _BLAS[0].limit(limits=n, user_api="blas"):
+    with _blas_controller().limit(limits=n, user_api="blas"):
         yield

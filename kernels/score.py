@@ -17,9 +17,7 @@ import torch
 from kernels.params import DEFAULT_PARAMS, TmkParams
 # The torch-free pieces (tables, block dot products, norms, bounds) live with the numpy kernel
 # and are shared by this one: a CPU query never imports torch (kernels/score_np.py).
-from kernels.score_np import (BOUND_SLACK, DEFAULT_GRID, HEAD_MARGIN, block_norms, head_bound,  # noqa: F401
-                              head_may_reach, needle_block_dots, offset_tables)
-from kernels.score_np import block_weights as _np_block_weights
+from kernels.score_np import BOUND_SLACK, DEFAULT_GRID, head_may_reach, offset_tables
 
 
 def level1(a_avg: torch.Tensor, b_avg: torch.Tensor) -> torch.Tensor:
@@ -88,16 +86,6 @@ def pair_coeffs_blocks(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
     g = torch.bmm(a.reshape(k * p * m, 2, d), b.reshape(k * p * m, 2, d).transpose(1, 2)).reshape(k, p, m, 2, 2)
     cc, cs, sc, ss = g[..., 0, 0], g[..., 0, 1], g[..., 1, 0], g[..., 1, 1]
     return cc[..., 0], (cc + ss)[..., 1:], (sc - cs)[..., 1:]
-
-
-def _block_weights(n_cos: torch.Tensor, n_sin: torch.Tensor) -> np.ndarray:
-    """The needle as one [d, 2] (cos, sin) matrix per (period, coefficient) block: [P m, d, 2]."""
-    return _np_block_weights(n_cos.cpu().numpy(), n_sin.cpu().numpy())
-
-
-def needle_norms(n_cos: torch.Tensor, n_sin: torch.Tensor) -> np.ndarray:
-    """`block_norms` of one needle [P,m,d] (cos, sin) -> [P,m]."""
-    return block_norms(torch.stack([n_cos, n_sin]).unsqueeze(0).cpu().numpy())[0]
 
 
 def pair_coeffs_matrix(a_cos: torch.Tensor, a_sin: torch.Tensor, b_cos: torch.Tensor, b_sin: torch.Tensor

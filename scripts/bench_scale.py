@@ -329,7 +329,7 @@ def bench_level2(args) -> dict:
     from engine.index.level2 import PairScorer
     from engine.synthetic import mixed_strengths, perturbed_features
     from engine.tmkfile import iter_tmk_paths, read_many
-    from kernels.score import block_norms
+    from kernels.score_np import block_norms
 
     torch.set_num_threads(1)
     bases = [f for f in read_many(iter_tmk_paths([REF / "tmk"])) if f.name != "test-padded-dimensions"]

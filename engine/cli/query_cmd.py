@@ -84,10 +84,6 @@ def _settings(args: argparse.Namespace) -> tuple["Config", dict[str, Any], float
     return cfg, ic, ic["c1"] if args.c1 is None else args.c1, ic["c2"] if args.c2 is None else args.c2
 
 
-#: engine/index/snapshot.py FP16_TORCH_ROWS (not imported from there: that module imports numpy and
-#: the index code, which the read-ahead runs beside); tests/engine/cli/test_query_process.py checks it.
-_FP16_TORCH_ROWS = 8192
-
 #: c1 at or below which every row passes level-1 (engine/index/coarse.py SLACK below -1; the
 #: index then searches nothing and scores every live row).
 _C1_ALL = -1.0 + 1e-4
@@ -97,7 +93,7 @@ def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None
     """Read the index while the index module imports in a thread: this thread opens every
     segment and reads its ids and level-1 vectors (engine/index/segment.py `open_ahead`).  Where
     the query will need torch (a GPU; a CPU scan of many float16 rows, which torch widens 5x
-    faster than numpy: engine/index/snapshot.py FP16_TORCH_ROWS), torch imports in that thread
+    faster than numpy: kernels/score_np.py FP16_TORCH_ROWS), torch imports in that thread
     too, taking seconds of one core (mostly holding the GIL; reading, checksums and page faults
     do not), so this thread also verifies every live row when c1 lets every row through (so
     every row will be scored), faulting its pages in.  Otherwise the query imports no torch and
@@ -107,6 +103,7 @@ def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None
     from engine.index.manifest import read_manifest
     from engine.index.segment import open_ahead
     from kernels.device import device_kind
+    from kernels.score_np import FP16_TORCH_ROWS
 
     root = Path(args.index)
     try:
@@ -115,11 +112,11 @@ def _read_ahead(args: argparse.Namespace, ic: dict[str, Any], c1: float) -> None
         return                                    # met again, and reported, by the index
     scan = c1 <= _C1_ALL
     gpu = device_kind(args.device or ic["device"]) != "cpu"
-    torch = gpu or (scan and m.store == "fp16" and m.count >= _FP16_TORCH_ROWS)
-    with importing("engine.index.index", *(["torch"] if torch else [])):
+    needs_torch = gpu or (scan and m.store == "fp16" and m.count >= FP16_TORCH_ROWS)
+    with importing("engine.index.index", *(["torch"] if needs_torch else [])):
         try:
             open_ahead(root, [s for shard in m.segments for s in shard], m.params, m.store, ic["verify_reads"],
-                       precheck_all=scan and torch)
+                       precheck_all=scan and needs_torch)
         except (VmatchError, OSError, ValueError):
             pass
 

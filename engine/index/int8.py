@@ -135,7 +135,7 @@ def block_norms(records: np.ndarray, shape: tuple[int, ...], chunk: int = 256) -
     """`kernels.score.block_norms` of the stored values s q of records [B, record_bytes] ->
     [B, P, m] float32 (the head-first bound of engine.index.level2 needs these), `chunk` records
     at a time so only small int32 temporaries are made."""
-    from kernels.score import block_norms as norms
+    from kernels.score_np import block_norms as norms
     out = np.empty((records.shape[0], *shape[1:-1]), np.float32)
     for s in range(0, len(records), chunk):
         q, sc = split(records[s:s + chunk], shape)

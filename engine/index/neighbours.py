@@ -11,6 +11,8 @@ exact (flat) search with the same code.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 #: largest score block computed at once (queries x list items), in entries, and the most list
@@ -19,6 +21,7 @@ _BLOCK = 1 << 22
 _COLS = 1 << 14
 
 
+@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX).  Elsewhere torch
     emulates it: on an AVX2-only 2-core machine a bf16 product ran at 0.5-2.4 GFLOP/s against

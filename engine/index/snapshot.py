@@ -36,6 +36,7 @@ from engine.errors import check_compatible
 from engine.features import TmkFeatures
 from engine.index import borders as borders_mod
 from engine.index import coarse as coarse_mod
+from engine.index import int8
 from engine.index.cluster import ClusterStats, cluster_pairs
 from engine.index.level2 import PairScorer
 from engine.index.manifest import IndexCorruptError, IndexFormatError, Manifest, describe, read_manifest
@@ -44,17 +45,12 @@ from engine.index.shards import _MemoryShard, _Shard, _ShardBase
 from engine.progress import ProgressFn
 from kernels.device import blas_threads, device_type, query_device, strict_float
 from kernels.params import DEFAULT_PARAMS, TmkParams
-from kernels.score_np import level1
+from kernels.score_np import FP16_TORCH_ROWS, level1
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["IndexSnapshot", "Match", "QueryStats", "EXACT_CLUSTER_LIMIT"]
-
-#: Rows of a float16 store from which a CPU query loads torch for its float16 conversion (F16C,
-#: about 2.4 ms less than numpy's per million values here, 0.3 ms a row), which pays for the 1.3-3 s
-#: import beyond about this many rows; smaller reads (a typical lookup) stay torch-free.
-FP16_TORCH_ROWS = 8192
 
 #: Largest flat index whose clusters use the exact (all-pairs, in BLAS) candidate search by default.
 EXACT_CLUSTER_LIMIT = 100_000
@@ -123,9 +119,10 @@ class IndexSnapshot:
         """Use the constructors (`open`, `shard`, `in_memory`); this one takes parts already read."""
         self.root, self.manifest, self.params, self.device = root, manifest, manifest.params, device
         self.verify_reads, self._nprobe, self.prefetch = verify_reads, nprobe, max(1, prefetch)
-        #: Candidate rows per level-2 batch (0: 512 on CPU, 4096 on CUDA).
-        #: "cpu" (a string: CPU queries run in numpy and never import torch) or a torch device.
+        #: 'cpu' or 'cuda'; ``device`` is the string "cpu" on CPU (queries there run in numpy and
+        #: never import torch), a torch device elsewhere.
         self.device_type = device_type(device)
+        #: Candidate rows per level-2 batch (0: 512 on CPU, 4096 on CUDA).
         self.batch_rows = batch_rows or (4096 if self.device_type == "cuda" else 512)
         self._scorer = scorer or PairScorer(self.params, device, **({"grid": grid} if grid else {}))
         self._shard_index, self._memory = shard_index, memory
@@ -346,8 +343,11 @@ class IndexSnapshot:
             si, r = where[item_id]
             sh = shards[si]
             row = sh.rows(np.array([r], dtype=np.int64))
-            row = row[0].astype(np.float32) if isinstance(row, np.ndarray) and row.dtype != np.uint8 else \
-                self._scorer.rows_to_device(row).cpu().numpy()[0]
+            if not isinstance(row, np.ndarray):            # torch rows of an in-memory bank
+                row = self._scorer.rows_to_device(row).cpu().numpy()
+            elif row.dtype == np.uint8:                    # int8 records
+                row = int8.dequantize(row, (2, self.params.num_periods, self.params.num_coeffs, self.params.dim))
+            row = row[0].astype(np.float32, copy=False)
             frames = 0
             if isinstance(sh, _Shard):
                 seg, local = sh.locate(r)
@@ -444,7 +444,7 @@ class IndexSnapshot:
             rows = shards[ush[lo]].rows(urow[lo:hi])
             if raw:
                 return rows
-            if self.device_type == "cpu" and getattr(rows, "dtype", None) is not None and str(rows.dtype) == "torch.float16":
+            if self.device_type == "cpu" and str(rows.dtype) == "torch.float16":
                 return rows.numpy()      # an in-memory float16 bank on CPU: scored as read too
             return self._scorer.rows_to_device(rows, bufs[b % len(bufs)])
 

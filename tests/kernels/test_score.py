@@ -111,7 +111,7 @@ def _exact_best(nc, ns, rows) -> np.ndarray:
 
 @pytest.mark.parametrize("nj", [1, 2, 5, 8, 32])
 def test_head_bound_is_never_below_the_true_kernel_max(nj):
-    from kernels.score import _block_weights, block_norms, head_bound, needle_block_dots, needle_norms
+    from kernels.score_np import block_norms, block_weights, head_bound, needle_block_dots, needle_norms
     c, s = _random_features(5, seed=11)
     nc, ns = c[0], s[0]
     rc = [c, c[0:1] + 0.05 * torch.randn_like(c), -c]                # unrelated, near copies, anti-copies
@@ -126,7 +126,7 @@ def test_head_bound_is_never_below_the_true_kernel_max(nj):
     wild_s = s[:2] * torch.rand((2, 4, 32, 1), generator=g) * 30
     rows = _cand_rows(torch.cat([*rc, tc, wild_c]), torch.cat([*rs, ts, wild_s]))
     for cand, scales in ((rows, None), (rows.astype(np.float16), None)):
-        head = needle_block_dots(_block_weights(nc, ns), cand, scales, range(nj))
+        head = needle_block_dots(block_weights(nc, ns), cand, scales, range(nj))
         bound, total = head_bound(head, needle_norms(nc, ns), block_norms(cand))
         exact = _exact_best(nc, ns, cand.astype(np.float32)).T                     # [P,B]
         assert np.all(bound >= exact - 1e-6 * total), (bound - exact).min()
@@ -137,7 +137,7 @@ def test_head_bound_is_never_below_the_true_kernel_max(nj):
 
 
 def test_head_may_reach_rejects_only_below_the_threshold():
-    from kernels.score import _block_weights, block_norms, needle_block_dots, needle_norms
+    from kernels.score_np import block_norms, block_weights, needle_block_dots, needle_norms
     c, s = _random_features(40, seed=12)
     c = torch.cat([c, c[0:1] + 0.3 * torch.randn_like(c[:20]) / 16])
     s = torch.cat([s, s[0:1] + 0.3 * torch.randn_like(s[:20]) / 16])
@@ -145,7 +145,7 @@ def test_head_may_reach_rejects_only_below_the_threshold():
     sc = TmkScorer()
     k0, a, b = needle_coeffs(c[0], s[0], c, s)
     l2 = sc.level2_from_coeffs(k0, a, b)[0].numpy()
-    head = needle_block_dots(_block_weights(c[0], s[0]), rows, None, range(5))
+    head = needle_block_dots(block_weights(c[0], s[0]), rows, None, range(5))
     nn, cn = needle_norms(c[0], s[0]), block_norms(rows)
     for c2 in (0.1, 0.3, 0.5, 0.7, 0.9, *l2[40:45]):       # also exactly at computed scores
         keep = sc.head_may_reach(head, nn, cn, float(c2))
@@ -154,7 +154,7 @@ def test_head_may_reach_rejects_only_below_the_threshold():
 
 
 def test_block_norms_never_below_the_norms_of_the_stored_values():
-    from kernels.score import block_norms
+    from kernels.score_np import block_norms
     c, s = _random_features(3, seed=13)
     rows = _cand_rows(c, s)
     exact = np.sqrt((rows.astype(np.float64) ** 2).sum(-1).sum(1))

@@ -51,8 +51,3 @@ def test_query_read_ahead_leaves_errors_to_the_index(tmp_path, ref_tmks):
                        cwd=ROOT, timeout=300)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "no such index" in r.stderr
 
-
-def test_the_read_ahead_and_the_query_agree_on_when_float16_needs_torch():
-    from engine.cli import query_cmd
-    from engine.index import snapshot
-    assert query_cmd._FP16_TORCH_ROWS == snapshot.FP16_TORCH_ROWS

@@ -9,7 +9,7 @@ from engine.index import VideoIndex, int8, level2
 from engine.index.level2 import PairScorer
 from engine.synthetic import mixed_strengths, perturbed_features
 from engine.index.segment import unit_average
-from kernels.score import block_norms
+from kernels.score_np import block_norms
 from tests.engine.index.conftest import assert_same, passing
 
 
