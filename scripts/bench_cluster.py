@@ -184,11 +184,11 @@ def vectors_only(args: argparse.Namespace) -> dict:
     comps = {}
     for kind in (["exact"] if not args.no_exact else []) + ["ivf"]:
         t0, c0 = time.perf_counter(), time.process_time()
-        uf, st = cluster_pairs(x, l1, l2, args.c1, kind, nprobe=args.nprobe)
+        uf, st = cluster_pairs(x, l1, l2, args.c1, kind, nprobe=args.nprobe, precision=args.precision)
         comps[kind] = uf.components()
         out[kind] = {"seconds": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 1),
                      "clusters": sum(len(c) >= 2 for c in comps[kind]), "largest": len(comps[kind][0]),
-                     "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
+                     "precision": st.precision, "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
                      "search_rounds": st.search_rounds, "queries": st.queries, "level1_s": round(st.level1_s, 2),
                      "index_s": round(st.index_s, 2), "level2_s": round(st.level2_s, 2)}
         log(f"{kind}: {out[kind]}")
@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--c1", type=float, default=0.7)
     ap.add_argument("--c2", type=float, default=0.7)
     ap.add_argument("--nprobe", type=int, default=128)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                    help="products of the candidate scan (engine/index/neighbours.py)")
     ap.add_argument("--baseline", action="store_true", help="also run the all-pairs algorithm (slow)")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact candidates (and the recall)")
     ap.add_argument("--no-recall", action="store_true", help="skip the IVF recall on 2,000 sampled queries")
@@ -266,12 +268,12 @@ def main() -> None:
     for kind in (["exact"] if not args.no_exact else []) + ["ivf"]:
         ix = VideoIndex(root, device="cpu")
         t0, c0 = time.perf_counter(), time.process_time()
-        groups = ix.clusters(args.c1, args.c2, candidates=kind, nprobe=args.nprobe)
+        groups = ix.clusters(args.c1, args.c2, candidates=kind, nprobe=args.nprobe, precision=args.precision)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         st = ix.last_cluster_stats
         runs[kind] = groups
         out[kind] = {"seconds": round(dt, 2), "cpu_s": round(cpu, 1), "clusters": len(groups), "largest": len(groups[0]) if groups else 0,
-                     "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
+                     "precision": st.precision, "level1_pairs": st.level1_pairs, "level2_pairs": st.level2_pairs, "linked": st.linked,
                      "rounds": st.rounds, "search_rounds": st.search_rounds, "queries": st.queries,
                      "level1_s": round(st.level1_s, 2), "index_s": round(st.index_s, 2), "level2_s": round(st.level2_s, 2)}
         log(f"{kind}: {out[kind]}")

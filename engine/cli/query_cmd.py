@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "up to 100,000 items)")
     c.add_argument("--nprobe", type=int, default=128, help="ivf candidates: lists probed per item (default 128)")
     c.add_argument("--nlist", type=int, default=0, help="ivf candidates: lists (default about 4 sqrt(N))")
+    c.add_argument("--scan-precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="products of the candidate scan (the components are exact whatever it is: scores near "
+                        "c1 are rescored); auto: bf16 where the CPU has it natively, else int8 where exact, else fp32")
     c.add_argument("--summary", type=int, nargs="?", const=10, metavar="K",
                    help="jsonl: end with one {\"summary\": ...} line (the K largest clusters, default 10, and "
                         "the share of items they hold); a one-line summary always goes to stderr")
@@ -195,7 +198,8 @@ def run_cluster(args: argparse.Namespace) -> int:
             bar = Progress(len(ix), "cluster: neighbour searches", "item")    # round 1, every item once
             try:
                 groups = ix.clusters(c1, c2, args.min_size, ic["cluster_batch"], candidates=args.candidates,
-                                     nlist=args.nlist, nprobe=args.nprobe, progress=bar.update)
+                                     nlist=args.nlist, nprobe=args.nprobe, progress=bar.update,
+                                     precision=args.scan_precision)
             finally:
                 bar.close()
         items = len(ix)
@@ -208,7 +212,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     summary = cluster_summary(groups, items, args.summary or 10)
     st = None if args.robust else ix.last_cluster_stats  # the robust path keeps no candidate stats
     if st is not None:
-        summary.update({"candidates": st.candidates, "level1_pairs": st.level1_pairs,
+        summary.update({"candidates": st.candidates, "scan_precision": st.precision, "level1_pairs": st.level1_pairs,
                         "level2_pairs": st.level2_pairs})
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if args.format == "jsonl" and args.summary is not None:

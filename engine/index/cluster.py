@@ -87,6 +87,7 @@ class ClusterStats:
 
     items: int = 0
     candidates: str = "exact"
+    precision: str = "fp32"        # of the candidate scan's products (ListScan: fp32, bf16 or int8)
     level1_pairs: int = 0          # distinct pairs with level-1 >= c1 returned by the neighbour searches
     level2_pairs: int = 0          # pairs scored at level-2 (the rest were already joined)
     linked: int = 0                # pairs passing both levels that joined two components
@@ -106,8 +107,8 @@ def candidate_search(vectors: np.ndarray, kind: str, nlist: int = 0, nprobe: int
                      precision: str = "auto"):
     """The neighbour searcher over the unit level-1 vectors: one list (exact) or k-means lists
     (approximate, `nprobe` probed), engine/index/neighbours.py; scores in `precision`
-    (bf16: within `error` of exact, which callers rescore exactly; auto: bf16 where the CPU
-    multiplies it natively, else fp32)."""
+    (bf16 or int8: within `error` of exact, which callers rescore exactly; auto: bf16 where
+    the CPU multiplies it natively, else int8 where its products are exact, else fp32)."""
     from engine.index.coarse import ivf_nlist
     from engine.index.neighbours import ListScan
 
@@ -204,6 +205,7 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     t0 = time.perf_counter()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     nb = candidate_search(x, kind, nlist, nprobe, precision=precision)
+    st.precision = nb.precision
     st.index_s = time.perf_counter() - t0
     st.level1_s += st.index_s
     slack = max(slack, nb.error)           # bf16 scores: within nb.error of exact, rescored near c1

@@ -239,10 +239,10 @@ class VideoIndex:
 
     def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128,
                  candidates: str = "auto", nlist: int = 0, nprobe: int = 128,
-                 progress: ProgressFn | None = None) -> list[list[str]]:
+                 progress: ProgressFn | None = None, precision: str = "auto") -> list[list[str]]:
         """Groups of items linked by chains of passing pairs (`IndexSnapshot.clusters`)."""
         snap = self._read()
-        out = snap.clusters(c1, c2, min_size, batch, candidates, nlist, nprobe, progress)
+        out = snap.clusters(c1, c2, min_size, batch, candidates, nlist, nprobe, progress, precision)
         self.last_cluster_stats = snap.last_cluster_stats
         return out
 

@@ -535,7 +535,7 @@ class IndexSnapshot:
     # ------------------------------------------------------------------------ clusters
     def clusters(self, c1: float = 0.7, c2: float = 0.7, min_size: int = 2, batch: int = 128,
                  candidates: str = "auto", nlist: int = 0, nprobe: int = 128,
-                 progress: ProgressFn | None = None) -> list[list[str]]:
+                 progress: ProgressFn | None = None, precision: str = "auto") -> list[list[str]]:
         """Groups of items linked by chains of pairs passing both levels (connected components).
 
         Level-1 candidates come from faiss k-nearest-neighbour searches over all level-1
@@ -546,7 +546,9 @@ class IndexSnapshot:
         docs/benchmarks.md); ``"auto"``: exact for a flat index of at most
         EXACT_CLUSTER_LIMIT items, else ivf.  Level-2 is scored (the smaller id as needle, like
         tmk-two-level-score) only for pairs that would join two components
-        (engine/index/cluster.py), `batch` pairs at a time.  Clusters are ordered by size
+        (engine/index/cluster.py), `batch` pairs at a time.  `precision`: of the candidate
+        scan's products (engine/index/neighbours.py `ListScan`; exact components whatever it is,
+        since scores within its error of c1 are rescored).  Clusters are ordered by size
         (largest first) then smallest id; members by id.  `last_cluster_stats` says what ran.
         """
         names = sorted(self._locations())
@@ -574,7 +576,7 @@ class IndexSnapshot:
 
         try:
             uf, self.last_cluster_stats = cluster_pairs(vecs, l1, l2, c1, candidates, nlist, nprobe,
-                                                        progress=progress)
+                                                        progress=progress, precision=precision)
         finally:
             self.__dict__.pop("_fetch_bufs", None)
         return [[names[i] for i in c] for c in uf.components() if len(c) >= min_size]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engine.index import VideoIndex, connected_components
 
@@ -75,6 +76,9 @@ def test_clusters_equal_brute_force_with_exact_and_ivf_candidates(tmp_path, real
         # every pair passing level-1 was found; level-2 was spent only where it could join components
         assert st.candidates == "exact" and st.level2_pairs < st.level1_pairs and st.linked <= st.level2_pairs
         assert ix.clusters(c1, c2, candidates="ivf", nlist=4, nprobe=4) == want   # all lists probed: exact
+        for precision in ("fp32", "int8"):         # approximate scan products, rescored near c1: still exact
+            assert ix.clusters(c1, c2, candidates="exact", batch=64, precision=precision) == want
+            assert ix.last_cluster_stats.precision == precision
 
 
 def _labels_of(n, edges):
@@ -123,7 +127,8 @@ def _pair_rule(label):
     return level2
 
 
-def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds():
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds(precision):
     from engine.index.cluster import cluster_pairs
 
     x, label = _huge_group_bank()
@@ -144,8 +149,9 @@ def test_knn_candidates_equal_brute_force_with_a_huge_group_and_saturated_rounds
                 return level2(a, b)
 
             uf, st = cluster_pairs(x, lambda a, b: np.einsum("ij,ij->i", x[a], x[b]), l2, c1, kind,
-                                   nlist=8, nprobe=8, query_batch=300, k=k, heap_entries=heap)
+                                   nlist=8, nprobe=8, query_batch=300, k=k, heap_entries=heap, precision=precision)
             assert uf.components() == want, (c1, kind, k, heap)
+            assert st.precision == precision
             assert st.search_rounds >= 2 and st.queries < 6 * n           # saturated items asked again
             assert st.level1_pairs < len(ia) // 10 and sum(scored) == st.level2_pairs
 
