@@ -65,15 +65,19 @@ def int8_products_exact() -> bool:
 
 def _quantize(x: np.ndarray, scale: np.ndarray, top: int) -> tuple[np.ndarray, float]:
     """int8 copy of rows x [n, d] at per-row `scale` (values in [-top, top]) and the largest
-    Euclidean rounding error of a row, in chunks (a million rows is 1 GB of float32)."""
+    Euclidean rounding error of a row, in chunks (a million rows is 1 GB of float32) of torch
+    ops (on every core: numpy's took 15 s of a million-item scan on 2 cores)."""
+    import torch
+
     out = np.empty(x.shape, np.int8)
     worst = 0.0
     for s in range(0, len(x), 1 << 16):
-        v, sc = x[s:s + (1 << 16)], scale[s:s + (1 << 16), None]
-        q = np.clip(np.rint(v / sc), -top, top)
-        out[s:s + len(v)] = q
+        v = torch.from_numpy(x[s:s + (1 << 16)])
+        sc = torch.from_numpy(scale[s:s + (1 << 16)])[:, None]
+        q = torch.round(v / sc).clamp_(-top, top)              # round half to even, as np.rint
+        out[s:s + len(v)] = q.to(torch.int8).numpy()
         if len(v):
-            worst = max(worst, float(np.sqrt(((v - q * sc) ** 2).sum(1)).max()))
+            worst = max(worst, float(torch.linalg.vector_norm(v - q * sc, dim=1).max()))
     return out, worst
 
 

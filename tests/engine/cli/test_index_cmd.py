@@ -93,6 +93,11 @@ def test_cluster_jsonl_summary_and_candidate_search(cli_index, capsys):
     assert "16 items, 2 clusters" in err
     rc, out2, _ = _run(capsys, "cluster", cli_index, "--format", "jsonl", "--candidates", "ivf", "--nlist", "1")
     assert rc == 0 and [json.loads(line) for line in out2.splitlines()] == lines[:-1]
+    for precision in ("int8", "fp32"):          # the scan's products change nothing in the answer
+        rc, out3, _ = _run(capsys, "cluster", cli_index, "--format", "jsonl", "--summary", "1",
+                           "--scan-precision", precision)
+        got = [json.loads(line) for line in out3.splitlines()]
+        assert rc == 0 and got[:-1] == lines[:-1] and got[-1]["summary"]["scan_precision"] == precision
 
 
 def test_int8_index_from_the_command_line(tmp_path, ref_tmks, capsys):
