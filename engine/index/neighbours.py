@@ -115,6 +115,8 @@ class ListScan:
             raise ValueError(f"unknown precision {precision!r} (expected fp32, bf16, int8 or auto)")
         if precision == "int8" and not exact_sums:
             raise ValueError(f"int8 scores need fewer than {(1 << 24) // (_QA * _Q)} dimensions")
+        if precision == "int8" and not int8_products_exact():
+            raise ValueError("int8 products are not exact on this machine (torch._int_mm probe failed); use fp32")
         self.precision = precision
         self.dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
         self.x = np.ascontiguousarray(x, dtype=np.float32)

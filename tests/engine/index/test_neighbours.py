@@ -118,6 +118,9 @@ def test_auto_precision_is_bf16_where_native_else_int8_where_exact_else_fp32(mon
         ListScan(wide, 1, 1, precision="int8")
     with pytest.raises(ValueError, match="unknown precision"):
         ListScan(x, 1, 1, precision="fp8")
+    monkeypatch.setattr(nbm, "int8_products_exact", lambda: False)
+    with pytest.raises(ValueError, match="not exact on this machine"):
+        ListScan(x, 1, 1, precision="int8")
     assert isinstance(nbm.cpu_has_bf16(), bool)
 
 
@@ -146,6 +149,10 @@ def test_the_int8_probe_catches_saturating_products(monkeypatch):
         nbm.int8_products_exact.cache_clear()
 
 
+needs_int8 = pytest.mark.skipif(not nbm.int8_products_exact(), reason="torch._int_mm is not exact on this CPU")
+
+
+@needs_int8
 def test_int8_scores_stay_within_the_stated_error_and_rank_within_it():
     x = _bank(n=3000, d=256, seed=4)
     q = np.arange(0, 3000, 5)
@@ -168,6 +175,7 @@ def test_int8_scores_stay_within_the_stated_error_and_rank_within_it():
         assert set(a[a >= 0].tolist()) <= set(b[b >= 0].tolist())
 
 
+@needs_int8
 def test_int8_search_keeps_the_exclusions():
     x = _bank()
     rng = np.random.default_rng(2)
