@@ -32,6 +32,7 @@ from engine.features import TmkFeatures  # noqa: E402
 from engine.index import VideoIndex, connected_components  # noqa: E402
 from engine.index.cluster import candidate_recall  # noqa: E402
 from engine.index.index import _Needles  # noqa: E402
+from engine.index.neighbours import SCAN_PRECISIONS  # noqa: E402
 
 
 def group_sizes(n_dup: int, largest: float, n: int) -> list[int]:
@@ -241,7 +242,7 @@ def main() -> None:
     ap.add_argument("--c1", type=float, default=0.7)
     ap.add_argument("--c2", type=float, default=0.7)
     ap.add_argument("--nprobe", type=int, default=128)
-    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+    ap.add_argument("--precision", choices=SCAN_PRECISIONS, default="auto",
                     help="products of the candidate scan (engine/index/neighbours.py)")
     ap.add_argument("--baseline", action="store_true", help="also run the all-pairs algorithm (slow)")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact candidates (and the recall)")

@@ -208,7 +208,7 @@ def cluster_pairs(vectors: np.ndarray, level1: Level1Fn, level2: Level2Fn, c1: f
     st.precision = nb.precision
     st.index_s = time.perf_counter() - t0
     st.level1_s += st.index_s
-    slack = max(slack, nb.error)           # bf16 scores: within nb.error of exact, rescored near c1
+    slack = max(slack, nb.error)           # bf16/int8 scores: within nb.error of exact, rescored near c1
     lo = c1 - slack
     active = np.ones(n, bool)                # saturated (or not yet asked)
     want = np.full(n, k, np.int64)           # new neighbours to ask each item for

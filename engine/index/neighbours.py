@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from engine.errors import ConfigError
+
 #: largest score block computed at once (queries x list items), in entries, and the most list
 #: items in one block (a longer list, e.g. the single list of an exact search, is cut)
 _BLOCK = 1 << 22
@@ -28,6 +30,8 @@ _QA, _Q = 127, 63
 _IMIN = -(1 << 31)                    # an excluded int8 score (the int32 minimum)
 #: the most probe-list entries cached for all items at once (int16/int32 each)
 _PROBE_CACHE = 1 << 28
+#: what `ListScan(precision=)` takes ("auto" first)
+SCAN_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 @lru_cache(maxsize=1)
@@ -63,17 +67,42 @@ def int8_products_exact() -> bool:
         return False
 
 
-def _quantize(x: np.ndarray, scale: np.ndarray, top: int) -> tuple[np.ndarray, float]:
-    """int8 copy of rows x [n, d] at per-row `scale` (values in [-top, top]) and the largest
-    Euclidean rounding error of a row, in chunks (a million rows is 1 GB of float32) of torch
-    ops (on every core: numpy's took 15 s of a million-item scan on 2 cores)."""
+_CHUNK = 1 << 16                      # rows per step of the int8 copies (64K x 256 float32: 64 MB)
+
+
+def _row_stats(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """max|x| of every row [n] and the largest row norm, in torch chunks (every core, no
+    full-size temporaries: a million rows is 1 GB of float32)."""
     import torch
 
-    out = np.empty(x.shape, np.int8)
+    peak = np.empty(len(x), np.float32)
+    norm = 0.0
+    for s in range(0, len(x), _CHUNK):
+        v = torch.from_numpy(x[s:s + _CHUNK])
+        peak[s:s + len(v)] = v.abs().amax(1).numpy() if v.shape[1] else 0.0
+        if len(v):
+            norm = max(norm, float(torch.linalg.vector_norm(v, dim=1).max()))
+    return peak, norm
+
+
+def _scale(peak: np.ndarray, top: int) -> np.ndarray:
+    """int8 scale peak / top of each row (1 for an all-zero row)."""
+    return np.where(peak > 0, peak / top, 1.0).astype(np.float32)
+
+
+def _quantize(x: np.ndarray, scale: np.ndarray, top: int, rows: np.ndarray | None = None
+              ) -> tuple[np.ndarray, float]:
+    """int8 copy of rows x[rows] (default all) at per-row `scale` (values in [-top, top]) and
+    the largest Euclidean rounding error of a row, in torch chunks (on every core: numpy's took
+    15 s of a million-item scan on 2 cores; rows gathered per chunk, not copied whole)."""
+    import torch
+
+    n = len(x) if rows is None else len(rows)
+    out = np.empty((n, x.shape[1]), np.int8)
     worst = 0.0
-    for s in range(0, len(x), 1 << 16):
-        v = torch.from_numpy(x[s:s + (1 << 16)])
-        sc = torch.from_numpy(scale[s:s + (1 << 16)])[:, None]
+    for s in range(0, n, _CHUNK):
+        v = torch.from_numpy(x[s:s + _CHUNK] if rows is None else x[rows[s:s + _CHUNK]])
+        sc = torch.from_numpy(scale[s:s + _CHUNK])[:, None]
         q = torch.round(v / sc).clamp_(-top, top)              # round half to even, as np.rint
         out[s:s + len(v)] = q.to(torch.int8).numpy()
         if len(v):
@@ -81,10 +110,13 @@ def _quantize(x: np.ndarray, scale: np.ndarray, top: int) -> tuple[np.ndarray, f
     return out, worst
 
 
-def _row_scale(x: np.ndarray, top: int) -> np.ndarray:
-    """Per-row int8 scale max|x| / top (1 for an all-zero row)."""
-    m = np.abs(x).max(1) / top if x.size else np.zeros(len(x), np.float32)
-    return np.where(m > 0, m, 1.0).astype(np.float32)
+def _int8_unusable(d: int) -> str | None:
+    """Why int8 scores cannot run here for d-dimensional vectors, or None."""
+    if d * _QA * _Q >= (1 << 24):                              # int32 sums must convert to float exactly
+        return f"int8 scores need fewer than {(1 << 24) // (_QA * _Q)} dimensions"
+    if not int8_products_exact():
+        return "int8 products are not exact on this machine (torch._int_mm probe failed); use fp32"
+    return None
 
 
 class ListScan:
@@ -97,26 +129,25 @@ class ListScan:
     u|s|), so a caller keeps candidates down to c1 - error and rescores them exactly.
     ``"int8"``: integer products (torch._int_mm, 1.8x float32 with AVX2, 3.6x with VNNI,
     measured): a query row q at its own scale, list items x at their list's scale (one per
-    column block, so a row's top k is the integer top k), within [-_QA, _QA] and [-_Q, _Q]; the int32 sums
-    are exact, so |q.x - q~.x~| <= |q - q~||x| + |q~||x - x~| <= `error`, the largest of
-    each measured when the copies are made (about 0.03 for unit vectors in 256 dimensions).  ``"fp32"``: error 1e-4 (float32 rounding).  ``"auto"``: bf16 where the CPU
-    has native bf16 (`cpu_has_bf16`), else int8 where its products are exact
+    column block, so a row's top k is the integer top k), within [-_QA, _QA] and [-_Q, _Q];
+    the int32 sums are exact, so |q.x - q~.x~| <= |q - q~||x| + |q~||x - x~| <= `error`, the
+    largest of each measured when the copies are made (0.034 for 3,000 and 0.06 for 1,000,000
+    unit vectors in 256 dimensions).  ``"fp32"``: error 1e-4 (float32 rounding).  ``"auto"``:
+    bf16 where the CPU has native bf16 (`cpu_has_bf16`), else int8 where its products are exact
     (`int8_products_exact`), else fp32."""
 
     def __init__(self, x: np.ndarray, nlist: int = 1, nprobe: int = 1, seed: int = 1234,
                  train_per_list: int = 64, niter: int = 10, precision: str = "fp32") -> None:
         import torch
 
-        exact_sums = np.shape(x)[1] * _QA * _Q < (1 << 24)         # int32 sums convert to float exactly
         if precision == "auto":
             precision = ("bf16" if cpu_has_bf16() else
-                         "int8" if exact_sums and int8_products_exact() else "fp32")
-        if precision not in ("fp32", "bf16", "int8"):
-            raise ValueError(f"unknown precision {precision!r} (expected fp32, bf16, int8 or auto)")
-        if precision == "int8" and not exact_sums:
-            raise ValueError(f"int8 scores need fewer than {(1 << 24) // (_QA * _Q)} dimensions")
-        if precision == "int8" and not int8_products_exact():
-            raise ValueError("int8 products are not exact on this machine (torch._int_mm probe failed); use fp32")
+                         "int8" if _int8_unusable(np.shape(x)[1]) is None else "fp32")
+        if precision not in SCAN_PRECISIONS[1:]:
+            raise ConfigError(None, f"unknown precision {precision!r} (expected fp32, bf16, int8 or auto)")
+        why = _int8_unusable(np.shape(x)[1]) if precision == "int8" else None
+        if why:
+            raise ConfigError(None, why)
         self.precision = precision
         self.dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
         self.x = np.ascontiguousarray(x, dtype=np.float32)
@@ -149,18 +180,15 @@ class ListScan:
         scale per row) and the error bound of their products (class docstring)."""
         import torch
 
-        xs = self.x[self.ids]
+        peak, norm = _row_stats(self.x)                          # item order
         sizes = np.diff(self.lims)
-        row = _row_scale(xs, _Q) * _Q                           # max|x| of each row
         self.list_scale = np.ones(self.nlist, np.float32)
         full = np.nonzero(sizes)[0]
-        self.list_scale[full] = np.maximum.reduceat(row, self.lims[full]) / _Q
-        self.list_scale[self.list_scale <= 0] = 1.0
-        xs8, ex = _quantize(xs, np.repeat(self.list_scale, sizes), _Q)
+        self.list_scale[full] = _scale(np.maximum.reduceat(peak[self.ids], self.lims[full]), _Q)
+        xs8, ex = _quantize(self.x, np.repeat(self.list_scale, sizes), _Q, self.ids)
         self.xs = torch.from_numpy(xs8)
-        self.query_scale = _row_scale(self.x, _QA)
+        self.query_scale = _scale(peak, _QA)
         self.xq8, eq = _quantize(self.x, self.query_scale, _QA)
-        norm = float(np.sqrt((self.x.astype(np.float64) ** 2).sum(1)).max()) if len(self.x) else 0.0
         self.error = eq * norm + (norm + eq) * ex + 1e-4       # |q~| <= |q| + |q - q~|
 
     @property
